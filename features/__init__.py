@@ -1,0 +1,1 @@
+"""mixrec.features."""

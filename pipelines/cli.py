@@ -1,0 +1,201 @@
+"""The ``mixrec`` command line: each verb parses, calls one function, prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .config import ConfigError, PipelineConfig, load_config, parse_config
+from .runtime import quiet_environment
+
+quiet_environment()
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="mixrec: Feast -> Ray Data + Great Expectations -> Ray Train -> MLflow -> Ray Serve A/B.")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="pipeline config YAML (default: built-in)")]
+WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w", help="workspace folder (default $MIXREC_HOME or ./mixrec-workspace)")]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _config(path: Path | None, workspace: Path | None, overrides: dict | None = None) -> PipelineConfig:
+    try:
+        cfg = load_config(path) if path else PipelineConfig()
+        data = cfg.to_dict()
+        for section, values in (overrides or {}).items():
+            if isinstance(values, dict):
+                data.setdefault(section, {}).update(values)
+            else:
+                data[section] = values
+        if workspace:
+            data["workspace"] = str(workspace)
+        return parse_config(data, str(path) if path else "(defaults)")
+    except ConfigError as err:
+        _fail(str(err))
+
+
+def _print_ranked(response: dict) -> None:
+    typer.echo(f"user {response['user_id']} -> arm {response['arm']} "
+               f"({response['model_name']} v{response['model_version']})")
+    for rank, item in enumerate(response["ranked"], 1):
+        typer.echo(f"  {rank:>2}. item {item['item_id']:>6}  score {item['score']:.4f}")
+
+
+def _run(cfg: PipelineConfig, fresh: bool):
+    from .pipeline import run_pipeline
+
+    result = run_pipeline(cfg, fresh=fresh, progress=typer.echo)
+    typer.echo(f"registered {result.model_name} v{result.version} (aliases: {', '.join(result.aliases) or '-'}); "
+               f"test AUC {result.metrics['test_auc']:.4f}, logloss {result.metrics['test_logloss']:.4f}")
+    return result
+
+
+def _block_until_interrupted(url: str) -> None:
+    typer.echo(f"serving at {url} (Ctrl-C to stop)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+
+
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(help="synthetic events to generate")] = 50_000,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 3,
+    model: Annotated[str, typer.Option(help="model name (see `mixrec models`)")] = "rankmixer",
+    port: Annotated[int, typer.Option(help="HTTP port of the served endpoint (loopback)")] = 8000,
+    fresh: Annotated[bool, typer.Option("--fresh", help="delete the workspace first")] = False,
+    keep_serving: Annotated[bool, typer.Option("--keep-serving", help="leave the server up after the demo")] = False,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Whole pipeline on embedded defaults: generate, Feast, validate, train, register, serve, query."""
+    import httpx
+
+    from mixrec.serving.server import start_serving
+
+    t0 = time.perf_counter()
+    cfg = _config(None, workspace, {"data": {"num_events": events}, "train": {"epochs": epochs},
+                                    "model": {"name": model}, "serve": {"port": port}})
+    result = _run(cfg, fresh)
+    typer.echo("[serve] Ray Serve: ranker behind the A/B splitter ...")
+    t_serve = time.perf_counter()
+    url = start_serving(cfg)
+    result.step_seconds["serve"] = round(time.perf_counter() - t_serve, 2)
+    typer.echo(f"    serving at {url} in {result.step_seconds['serve']:.1f}s")
+    t_query = time.perf_counter()
+    with httpx.Client(timeout=30) as client:
+        for user in (1, 2, 3):
+            r = client.post(f"{url}/rank", json={"user_id": user, "items": [1, 5, 9, 13, 21, 34, 55, 89],
+                                                 "context": {"device": 1, "hour": 20}})
+            r.raise_for_status()
+            _print_ranked(r.json())
+    result.step_seconds["query"] = round(time.perf_counter() - t_query, 2)
+    total = time.perf_counter() - t0
+    typer.echo("step seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.step_seconds.items())
+               + f"; total {total:.1f}")
+    if keep_serving:
+        _block_until_interrupted(url)
+
+
+@app.command()
+def run(config: Annotated[Path, typer.Argument(help="pipeline config YAML")],
+        fresh: Annotated[bool, typer.Option("--fresh", help="delete the workspace first")] = False,
+        workspace: WorkspaceOpt = None) -> None:
+    """Run the pipeline (generate -> ... -> register) from a config file."""
+    _run(_config(config, workspace), fresh)
+
+
+@app.command()
+def serve(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
+          port: Annotated[int | None, typer.Option(help="HTTP port (loopback)")] = None) -> None:
+    """Serve the registered champion (and challenger) behind the A/B splitter until Ctrl-C."""
+    from mixrec.pipelines.registry import RegistryError
+    from mixrec.serving.server import start_serving
+
+    cfg = _config(config, workspace, {"serve": {"port": port}} if port else None)
+    try:
+        url = start_serving(cfg)
+    except RegistryError as err:
+        _fail(str(err))
+    _block_until_interrupted(url)
+
+
+@app.command()
+def query(user: Annotated[int, typer.Option(help="user id")],
+          items: Annotated[str, typer.Option(help="comma-separated candidate item ids")],
+          device: Annotated[int | None, typer.Option(help="request context: device")] = None,
+          hour: Annotated[int | None, typer.Option(help="request context: hour of day")] = None,
+          url: Annotated[str | None, typer.Option(help="endpoint base URL (default: the one `mixrec serve` started)")] = None,
+          workspace: WorkspaceOpt = None) -> None:
+    """Rank items for a user through the served endpoint; prints the JSON response."""
+    import httpx
+
+    from .workspace import Workspace
+
+    try:
+        item_ids = [int(x) for x in items.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"--items must be comma-separated integers, got {items!r}")
+    if url is None:
+        state = Workspace.resolve(workspace).serve_state
+        if not state.exists():
+            _fail(f"no --url given and no running server recorded in {state}: start `mixrec serve` first")
+        url = json.loads(state.read_text())["url"]
+    context = {k: v for k, v in (("device", device), ("hour", hour)) if v is not None}
+    try:
+        r = httpx.post(f"{url}/rank", json={"user_id": user, "items": item_ids, "context": context}, timeout=30)
+    except httpx.HTTPError as err:
+        _fail(f"cannot reach {url}: {err}")
+    typer.echo(json.dumps(r.json(), indent=2))
+    if r.status_code >= 400:
+        raise typer.Exit(1)
+
+
+@app.command()
+def promote(version: Annotated[str, typer.Argument(help="model version to make champion")],
+            config: ConfigOpt = None, workspace: WorkspaceOpt = None,
+            reason: Annotated[str, typer.Option(help="why (recorded as a tag)")] = "manual promotion") -> None:
+    """Move the `champion` alias to VERSION."""
+    from .registry import RegistryError, promote as promote_version, setup_tracking
+    from .workspace import Workspace
+
+    cfg = _config(config, workspace)
+    ws = Workspace.resolve(cfg.workspace)
+    setup_tracking(cfg.registry.tracking_uri or ws.mlflow_tracking_uri, cfg.registry.experiment, ws.mlflow_artifacts)
+    try:
+        mv = promote_version(cfg.registry.model_name, version, reason=reason)
+    except RegistryError as err:
+        _fail(str(err))
+    typer.echo(f"{mv.name} v{mv.version} is now champion (aliases: {', '.join(mv.aliases)})")
+
+
+@app.command()
+def models() -> None:
+    """The model zoo: name, parameters, MFLOPs per example at the default size."""
+    from mixrec.models import model_summary_table
+
+    rows = model_summary_table()
+    typer.echo(f"{'model':<24}{'parameters':>14}{'MFLOPs/example':>16}")
+    for row in rows:
+        typer.echo(f"{row['name']:<24}{row['parameters']:>14,}{row['mflops_per_example']:>16.3f}")
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

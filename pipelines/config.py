@@ -1,0 +1,156 @@
+"""One typed pipeline config, loaded from YAML with a clear error per bad field.
+
+Each section is owned by the package that uses it (see docs/architecture in the README). The same file
+drives ``mixrec run``, ``mixrec demo`` (built in code) and the tests. Embedded and team mode differ only in
+URIs here (sqlite vs PostgreSQL tracking, sqlite vs Redis online store), never in code paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A pipeline config that cannot be used; the message names every bad field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    """Synthetic CTR data (the embedded default dataset)."""
+
+    source: Literal["synthetic"] = "synthetic"
+    num_events: int = Field(50_000, ge=100, description="labelled impressions to generate")
+    num_users: int = Field(2_000, ge=10)
+    num_items: int = Field(1_000, ge=10)
+    days: int = Field(14, ge=2, description="time span of the events; snapshots of user features are daily")
+    seed: int = 7
+
+
+class FeaturesConfig(_Section):
+    """Feast feature store. ``None`` values mean: the embedded default inside the workspace."""
+
+    project: str = Field("mixrec", pattern=r"^[a-z][a-z0-9_]*$")
+    online_store: dict[str, Any] | None = Field(
+        None, description="Feast online_store block; default sqlite file in the workspace"
+    )
+    registry: str | dict[str, Any] | None = Field(None, description="Feast registry; default file in the workspace")
+    ttl_days: int = Field(30, ge=1, description="feature view TTL: events older than this past a feature row are quarantined")
+
+
+class ValidateConfig(_Section):
+    max_failure_fraction: float = Field(0.05, ge=0.0, le=1.0, description="stop the run above this share of bad rows")
+    range_margin: float = Field(0.25, ge=0.0, description="fitted dense ranges are widened by this share of their span")
+    batch_size: int = Field(10_000, ge=100, description="rows per Great Expectations validation call")
+
+
+class PreprocessConfig(_Section):
+    min_count: int = Field(2, ge=1, description="categorical values seen fewer times in train map to the OOV id 0")
+    valid_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    clip_sigma: float = Field(5.0, gt=0.0)
+
+
+class ModelConfig(_Section):
+    name: str = "rankmixer"
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor keyword arguments of the model")
+
+
+class TrainConfig(_Section):
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(0.5, gt=0.0, description="<1 leaves CPUs for Ray Data on small machines")
+    use_gpu: bool = False
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(512, ge=1)
+    learning_rate: float = Field(2e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    seed: int = 0
+
+
+class RegistryConfig(_Section):
+    tracking_uri: str | None = Field(None, description="default: sqlite file in the workspace")
+    experiment: str = "mixrec"
+    model_name: str = Field("mixrec-ranker", min_length=1)
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = Field("/mixrec", pattern=r"^/[A-Za-z0-9_\-/]*$")
+    arms: dict[str, float] = Field(
+        default_factory=lambda: {"champion": 0.5, "challenger": 0.5},
+        description="registry alias -> traffic weight (normalized); an alias that is missing or names the same "
+        "version as the champion folds into it, so the champion takes 100 % until a distinct challenger exists",
+    )
+    salt: str = "mixrec-ab-v1"
+    max_candidates: int = Field(500, ge=1)
+    max_id: int = Field(2**62, ge=1, description="largest accepted user or item id")
+
+    @field_validator("arms")
+    @classmethod
+    def _arms_valid(cls, arms: dict[str, float]) -> dict[str, float]:
+        if not arms:
+            raise ValueError("at least one arm is needed, e.g. {champion: 1.0}")
+        bad = {k: v for k, v in arms.items() if v < 0}
+        if bad:
+            raise ValueError(f"weights must be >= 0, got {bad}")
+        if sum(arms.values()) <= 0:
+            raise ValueError("weights must not all be 0")
+        return arms
+
+
+class PipelineConfig(_Section):
+    workspace: str | None = Field(None, description="default: $MIXREC_HOME or ./mixrec-workspace")
+    data: DataConfig = Field(default_factory=DataConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _splits_leave_train(self) -> PipelineConfig:
+        if self.preprocess.valid_fraction + self.preprocess.test_fraction >= 0.8:
+            raise ValueError("preprocess.valid_fraction + preprocess.test_fraction must leave >= 20% for train")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid pipeline config {source}:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  - {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "(dict)") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return parse_config(data, str(path))

@@ -1,0 +1,148 @@
+"""Preprocessing fitted on the training split and applied identically everywhere (train, valid, test, serving).
+
+The fitted state is one versioned JSON artifact (:class:`Preprocessor`): categorical vocabularies with a
+min-count (index 0 is the OOV bucket: rare, unseen or missing values) and dense statistics (optional log1p,
+standardization, clipping; missing values are imputed with the training mean). It is saved next to the model
+in MLflow and loaded by the ranker, so training-serving skew cannot happen by construction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mixrec.features.schema import DatasetSchema
+from mixrec.models import FeatureLayout
+
+ARTIFACT_VERSION = 1
+ARTIFACT_NAME = "preprocessing.json"
+
+
+@dataclass
+class DenseStats:
+    mean: float
+    std: float
+    log1p: bool
+
+
+@dataclass
+class Preprocessor:
+    categorical: list[str]
+    dense: list[str]
+    vocabularies: dict[str, list[int]]  # field -> values in index order 1..n
+    dense_stats: dict[str, DenseStats]
+    clip_sigma: float
+    label: str
+    version: int = ARTIFACT_VERSION
+
+    def __post_init__(self):
+        self._indexes = {f: pd.Index(v) for f, v in self.vocabularies.items()}
+
+    # --- the model's view -------------------------------------------------------------------------------
+    def layout(self) -> FeatureLayout:
+        return FeatureLayout(cardinalities=tuple(len(self.vocabularies[f]) + 1 for f in self.categorical),
+                             n_dense=len(self.dense))
+
+    def transform(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Raw feature columns -> ``categorical`` int64 [B, n_cat] and ``dense`` float32 [B, n_dense].
+
+        Unknown, rare and missing categorical values map to 0 (OOV); missing dense values to the train mean.
+        A missing column raises KeyError naming it.
+        """
+        missing = [c for c in (*self.categorical, *self.dense) if c not in frame.columns]
+        if missing:
+            raise KeyError(f"preprocessing input lacks column(s) {missing}")
+        n = len(frame)
+        cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
+        for j, name in enumerate(self.categorical):
+            values = pd.to_numeric(frame[name], errors="coerce")
+            idx = self._indexes[name].get_indexer(values.astype("float64"))  # -1 where unseen or NaN
+            cat[:, j] = idx + 1
+        dense = np.zeros((n, len(self.dense)), dtype=np.float32)
+        for j, name in enumerate(self.dense):
+            s = self.dense_stats[name]
+            x = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64)
+            if s.log1p:
+                x = np.log1p(np.clip(x, 0.0, None))
+            x = np.where(np.isfinite(x), x, s.mean)
+            dense[:, j] = np.clip((x - s.mean) / s.std, -self.clip_sigma, self.clip_sigma)
+        return {"categorical": cat, "dense": dense}
+
+    def transform_batch(self, batch: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Ray Data ``map_batches`` function for labelled rows: features + float32 label."""
+        out = self.transform(batch)
+        out["label"] = batch[self.label].to_numpy(dtype=np.float32)
+        return out
+
+    # --- persistence ------------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["dense_stats"] = {k: asdict(v) for k, v in self.dense_stats.items()}
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Preprocessor:
+        if d.get("version") != ARTIFACT_VERSION:
+            raise ValueError(f"preprocessing artifact version {d.get('version')} is not supported "
+                             f"(this mixrec reads version {ARTIFACT_VERSION})")
+        d = dict(d)
+        d["dense_stats"] = {k: DenseStats(**v) for k, v in d["dense_stats"].items()}
+        return cls(**d)
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / ARTIFACT_NAME
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_json()))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> Preprocessor:
+        return cls.from_json(json.loads((Path(directory) / ARTIFACT_NAME).read_text()))
+
+
+def _partial_stats(batch: pd.DataFrame, categorical: list[str], dense: list[tuple[str, bool]]) -> pd.DataFrame:
+    """Per-batch value counts and dense moments, as rows (stat, field, value, count, sum, sumsq)."""
+    parts = []
+    for name in categorical:
+        vc = batch[name].dropna().astype("int64").value_counts()
+        parts.append(pd.DataFrame({"stat": "count", "field": name, "value": vc.index.to_numpy(np.int64),
+                                   "count": vc.to_numpy(np.int64), "sum": 0.0, "sumsq": 0.0}))
+    for name, log1p in dense:
+        x = pd.to_numeric(batch[name], errors="coerce").to_numpy(np.float64)
+        if log1p:
+            x = np.log1p(np.clip(x, 0.0, None))
+        x = x[np.isfinite(x)]
+        parts.append(pd.DataFrame({"stat": ["moments"], "field": [name], "value": [0], "count": [x.size],
+                                   "sum": [x.sum()], "sumsq": [(x * x).sum()]}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def fit_preprocessor(train_ds, schema: DatasetSchema, min_count: int, clip_sigma: float) -> Preprocessor:
+    """Fit on the training split as a streaming reduction: each Ray Data batch yields partial counts and
+    moments; only these (vocabulary-sized) partials reach the driver."""
+    categorical = [f.name for f in schema.categorical]
+    dense = [(f.name, f.log1p) for f in schema.dense]
+    partials = train_ds.map_batches(_partial_stats, fn_kwargs={"categorical": categorical, "dense": dense},
+                                    batch_format="pandas").to_pandas()
+    vocabularies = {}
+    for name in categorical:
+        rows = partials[(partials["stat"] == "count") & (partials["field"] == name)]
+        counts = rows.groupby("value")["count"].sum()
+        vocabularies[name] = sorted(int(v) for v in counts.index[counts.to_numpy() >= min_count])
+    stats = {}
+    for name, log1p in dense:
+        rows = partials[(partials["stat"] == "moments") & (partials["field"] == name)]
+        n, s, ss = rows["count"].sum(), rows["sum"].sum(), rows["sumsq"].sum()
+        if n == 0:
+            raise ValueError(f"dense field {name!r} has no finite values in the training split")
+        mean = s / n
+        std = float(np.sqrt(max(ss / n - mean * mean, 0.0))) or 1.0
+        stats[name] = DenseStats(mean=float(mean), std=std, log1p=log1p)
+    return Preprocessor(categorical=categorical, dense=[d for d, _ in dense], vocabularies=vocabularies,
+                        dense_stats=stats, clip_sigma=clip_sigma, label=schema.label)

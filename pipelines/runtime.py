@@ -1,0 +1,48 @@
+"""Starting (or joining) Ray with mixrec's defaults, and quieting the stack's noise."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "FEAST_USAGE": "False",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "TQDM_DISABLE": "1",
+    "PYTHONWARNINGS": "ignore",
+}
+
+
+def quiet_environment() -> None:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None):
+    """Join ``address`` (or $RAY_ADDRESS) when given, else start a private local instance.
+
+    A local instance uses ``address="local"`` so that a `ray start` cluster elsewhere on the host is never
+    joined by accident.
+    """
+    quiet_environment()
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": dict(QUIET_ENV)}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
+                 log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    for name in ("ray.data", "ray.train", "ray.tune", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return ray

@@ -1,0 +1,171 @@
+"""Training with Ray Train: a ``TorchTrainer`` (DDP over gloo on CPU, NCCL on GPU) reading Ray Dataset shards.
+
+Every epoch: train on the worker's shard, score the validation shard, gather predictions across workers,
+report validation AUC and logloss; rank 0 writes a checkpoint (weights + model spec + preprocessing artifact)
+and logs metrics to MLflow. A restarted worker group resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import TrainConfig
+from .preprocess import Preprocessor
+
+
+
+def binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """AUC, logloss and calibration (mean prediction / observed rate)."""
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    probs = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    observed = float(labels.mean()) if len(labels) else float("nan")
+    auc = float(roc_auc_score(labels, probs)) if 0 < labels.sum() < len(labels) else float("nan")
+    return {"auc": auc, "logloss": float(log_loss(labels, probs, labels=[0, 1])),
+            "calibration": float(probs.mean() / observed) if observed > 0 else float("nan")}
+
+
+def _predict(module, shard, batch_size: int):
+    import torch
+
+    labels, probs = [], []
+    module.eval()
+    with torch.no_grad():
+        for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=_dtypes()):
+            probs.append(torch.sigmoid(module(batch["categorical"], batch["dense"])).numpy())
+            labels.append(batch["label"].numpy())
+    return (np.concatenate(labels) if labels else np.zeros(0, np.float32),
+            np.concatenate(probs) if probs else np.zeros(0, np.float32))
+
+
+def _dtypes():
+    import torch
+
+    return {"categorical": torch.int64, "dense": torch.float32, "label": torch.float32}
+
+
+def train_loop_per_worker(cfg: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import mlflow
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+
+    from mixrec.models import FeatureLayout, build_model
+
+    from .checkpoint import save_checkpoint
+
+    torch.set_num_threads(cfg["torch_threads"])
+    torch.manual_seed(cfg["seed"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    preprocessor = Preprocessor.from_json(cfg["preprocessor"])
+    layout = FeatureLayout(**cfg["layout"])
+    model = build_model(cfg["model_name"], layout, **cfg["model_kwargs"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
+    start_epoch = 0
+    resume = ray.train.get_checkpoint()
+    if resume:
+        with resume.as_directory() as d:
+            model.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True))
+            optimizer.load_state_dict(torch.load(Path(d) / "optimizer.pt", map_location="cpu", weights_only=True))
+            start_epoch = json.loads((Path(d) / "progress.json").read_text())["epoch"] + 1
+    ddp_model = ray.train.torch.prepare_model(model)
+    module = model  # unwrapped, for evaluation and saving
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("valid")
+    client = mlflow.MlflowClient(cfg["tracking_uri"]) if rank == 0 and cfg.get("mlflow_run_id") else None
+
+    for epoch in range(start_epoch, cfg["epochs"]):
+        ddp_model.train()
+        t0, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
+        for batch in train_shard.iter_torch_batches(batch_size=cfg["batch_size"], dtypes=_dtypes(), prefetch_batches=2):
+            logits = ddp_model(batch["categorical"], batch["dense"])
+            loss = loss_fn(logits, batch["label"]) + module.auxiliary_loss()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach())
+            steps += 1
+            seen += len(batch["label"])
+        train_seconds = time.perf_counter() - t0
+        labels, probs = _predict(module, valid_shard, cfg["batch_size"] * 4)
+        if dist.is_available() and dist.is_initialized():
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (labels, probs))
+            labels = np.concatenate([g[0] for g in gathered])
+            probs = np.concatenate([g[1] for g in gathered])
+        valid = binary_metrics(labels, probs)
+        metrics = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1),
+                   "train_samples_per_s": seen / max(train_seconds, 1e-9),
+                   "valid_auc": valid["auc"], "valid_logloss": valid["logloss"],
+                   "valid_calibration": valid["calibration"], "valid_rows": int(len(labels))}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(Path(tmp), module, preprocessor)
+                torch.save(optimizer.state_dict(), Path(tmp) / "optimizer.pt")
+                (Path(tmp) / "progress.json").write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
+                if client:
+                    for key, value in metrics.items():
+                        if key != "epoch":
+                            client.log_metric(cfg["mlflow_run_id"], key, float(value), step=epoch)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+
+@dataclass
+class TrainOutcome:
+    checkpoint_dir: Path  # the best checkpoint (highest validation AUC)
+    metrics: dict
+    seconds: float
+
+
+def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model_kwargs: dict, cfg: TrainConfig,
+          storage_path: Path, run_name: str, tracking_uri: str | None = None, mlflow_run_id: str | None = None
+          ) -> TrainOutcome:
+    from dataclasses import asdict
+
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from mixrec.models import build_model
+
+    layout = preprocessor.layout()
+    build_model(model_name, layout, **model_kwargs)  # fail fast on a bad model config, before any worker starts
+    loop_cfg = {
+        "model_name": model_name, "model_kwargs": model_kwargs, "layout": asdict(layout),
+        "preprocessor": preprocessor.to_json(), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+        "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "seed": cfg.seed,
+        "torch_threads": max(1, int(cfg.cpus_per_worker)), "tracking_uri": tracking_uri,
+        "mlflow_run_id": mlflow_run_id,
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_cfg,
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(
+            name=run_name, storage_path=str(storage_path),
+            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="valid_auc",
+                                               checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=1)),
+        datasets={"train": train_ds, "valid": valid_ds},
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - t0
+    best = result.get_best_checkpoint(metric="valid_auc", mode="max") or result.checkpoint
+    if best is None:
+        raise RuntimeError(f"training produced no checkpoint: {result.error}")
+    checkpoint_dir = Path(best.path)
+    progress = json.loads((checkpoint_dir / "progress.json").read_text())
+    return TrainOutcome(checkpoint_dir=checkpoint_dir, metrics=progress["metrics"], seconds=seconds)

@@ -1,0 +1,83 @@
+"""The embedded-mode workspace: the one object that knows every path of a mixrec run.
+
+Default location ``./mixrec-workspace``, or ``$MIXREC_HOME``, or the config's ``workspace``. Nothing else
+builds paths by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DIRNAME = "mixrec-workspace"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def resolve(cls, explicit: str | os.PathLike | None = None) -> Workspace:
+        chosen = explicit or os.environ.get("MIXREC_HOME") or DEFAULT_DIRNAME
+        return cls(Path(chosen).expanduser().resolve())
+
+    # --- data and Feast -------------------------------------------------------------------------------
+    @property
+    def sources_dir(self) -> Path:
+        """Parquet sources written by the generator (the Feast offline store reads them)."""
+        return self.root / "sources"
+
+    @property
+    def feast_repo(self) -> Path:
+        return self.root / "feast"
+
+    @property
+    def feast_registry(self) -> Path:
+        return self.feast_repo / "registry.db"
+
+    @property
+    def online_store_db(self) -> Path:
+        return self.feast_repo / "online_store.db"
+
+    # --- pipeline state -------------------------------------------------------------------------------
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Preprocessing artifacts and validation reports of the latest run."""
+        return self.root / "artifacts"
+
+    @property
+    def ray_storage(self) -> Path:
+        """Ray Train run storage (checkpoints)."""
+        return self.root / "ray_results"
+
+    # --- MLflow ---------------------------------------------------------------------------------------
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def serve_state(self) -> Path:
+        """What `mixrec serve` started: its URL, so `mixrec query` can find it."""
+        return self.root / "serve.json"
+
+    def create(self, fresh: bool = False) -> Workspace:
+        if fresh and self.root.exists():
+            shutil.rmtree(self.root)
+        for d in (self.sources_dir, self.feast_repo, self.quarantine_dir, self.artifacts_dir,
+                  self.ray_storage, self.mlflow_artifacts):
+            d.mkdir(parents=True, exist_ok=True)
+        return self

@@ -1,0 +1,28 @@
+"""Shared fixtures: one local Ray instance per test session; a free loopback port for Serve."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One private local Ray for the whole run (starting one costs ~10 s). 4 logical CPUs on 2 cores so
+    Serve replicas, Train workers and Ray Data tasks can coexist in one instance."""
+    from mixrec.pipelines.runtime import init_ray
+
+    ray = init_ray(num_cpus=4)
+    yield ray
+    ray.shutdown()

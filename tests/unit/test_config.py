@@ -1,0 +1,46 @@
+"""The pipeline config: defaults, the sample file, and a clear error per bad field."""
+
+from pathlib import Path
+
+import pytest
+
+from mixrec.pipelines.config import ConfigError, PipelineConfig, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_fit_two_cores():
+    cfg = PipelineConfig()
+    assert cfg.train.num_workers * cfg.train.cpus_per_worker < 2, "leave a CPU for Ray Data on 2 cores"
+    assert cfg.serve.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_sample_configs_load(path):
+    assert isinstance(load_config(path), PipelineConfig)
+
+
+def test_every_bad_field_is_named():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"train": {"num_workers": 0, "epochs": "many"}, "serve": {"arms": {}}, "bogus": 1})
+    msg = str(err.value)
+    for where in ("train.num_workers", "train.epochs", "serve.arms", "bogus"):
+        assert where in msg, msg
+
+
+def test_splits_must_leave_train():
+    with pytest.raises(ConfigError, match="valid_fraction"):
+        parse_config({"preprocess": {"valid_fraction": 0.45, "test_fraction": 0.4}})
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(scalar)
