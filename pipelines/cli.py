@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,10 @@ from .config import ConfigError, PipelineConfig, load_config, parse_config
 from .runtime import quiet_environment
 
 quiet_environment()
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", category=UserWarning)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mixrec: Feast -> Ray Data + Great Expectations -> Ray Train -> MLflow -> Ray Serve A/B.")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="pipeline config YAML (default: built-in)")]
@@ -96,7 +100,8 @@ def demo(
         for user in (1, 2, 3):
             r = client.post(f"{url}/rank", json={"user_id": user, "items": [1, 5, 9, 13, 21, 34, 55, 89],
                                                  "context": {"device": 1, "hour": 20}})
-            r.raise_for_status()
+            if r.status_code != 200:
+                _fail(f"the served endpoint answered {r.status_code}: {r.text}")
             _print_ranked(r.json())
     result.step_seconds["query"] = round(time.perf_counter() - t_query, 2)
     total = time.perf_counter() - t0

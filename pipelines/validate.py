@@ -133,7 +133,8 @@ def validate_dataset(ds, suite_json: dict, quarantine_path: Path, max_failure_fr
     rows_in = checked.count()
     bad = checked.filter(expr=f"{FAILED_COLUMN} != ''").to_pandas()
     accepted = checked.filter(expr=f"{FAILED_COLUMN} == ''").drop_columns([FAILED_COLUMN]).materialize()
-    counts = Counter(name for joined in bad[FAILED_COLUMN] for name in joined.split("; "))
+    failed = bad[FAILED_COLUMN] if len(bad) else []  # an empty result has no columns at all
+    counts = Counter(name for joined in failed for name in joined.split("; "))
     result = ValidationResult(rows_in=rows_in, accepted=accepted.count(), quarantined=len(bad),
                               failures_by_expectation=dict(counts))
     if result.accepted + result.quarantined != rows_in:

@@ -7,8 +7,7 @@ answered 4xx naming the problem; unknown user or item ids are scored with OOV em
 dense features, never an error.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the real request/response types.
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,18 +135,18 @@ class Splitter:
                 "versions": {arm: self.spec.arms[arm] for arm in self.rankers}}
 
     @api.post("/rank", response_model=RankResponse)
-    async def rank(self, request: RankRequest) -> dict:
-        if len(request.items) > self.spec.max_candidates:
+    async def rank(self, body: RankRequest) -> dict:
+        if len(body.items) > self.spec.max_candidates:
             raise HTTPException(422, f"items: at most {self.spec.max_candidates} candidates per request, "
-                                     f"got {len(request.items)}")
-        unknown = set(request.context) - self.context_fields
+                                     f"got {len(body.items)}")
+        unknown = set(body.context) - self.context_fields
         if unknown:
             raise HTTPException(422, f"context: unknown key(s) {sorted(unknown)}; allowed: {sorted(self.context_fields)}")
-        bad_ids = [i for i in request.items if not 0 <= i <= ID_MAX]
+        bad_ids = [i for i in body.items if not 0 <= i <= ID_MAX]
         if bad_ids:
             raise HTTPException(422, f"items: ids must be in [0, {ID_MAX}], got {bad_ids[:5]}")
-        arm = assign_arm(request.user_id, self.weights, self.spec.salt)
-        return await self.rankers[arm].rank.remote(request.user_id, request.items, request.context)
+        arm = assign_arm(body.user_id, self.weights, self.spec.salt)
+        return await self.rankers[arm].rank.remote(body.user_id, body.items, body.context)
 
 
 def build_app(spec: ServeSpec):
