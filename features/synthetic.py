@@ -96,7 +96,7 @@ def generate(num_events: int, num_users: int, num_items: int, days: int, seed: i
     user_id = rng.choice(num_users, num_events, p=user_p / user_p.sum())
     item_id = rng.choice(num_items, num_events, p=item_p / item_p.sum())
     # Events start at noon of day 0 so every event is after the first daily snapshot (00:00).
-    seconds = rng.uniform(12 * 3600, days * 86400, num_events)
+    seconds = np.floor(rng.uniform(12 * 3600, days * 86400, num_events))  # whole seconds: Feast drops ns
     order = np.argsort(seconds, kind="stable")
     user_id, item_id, seconds = user_id[order], item_id[order], seconds[order]
     day = (seconds // 86400).astype(np.int64)
