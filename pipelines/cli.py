@@ -170,7 +170,8 @@ def promote(version: Annotated[str, typer.Argument(help="model version to make c
             config: ConfigOpt = None, workspace: WorkspaceOpt = None,
             reason: Annotated[str, typer.Option(help="why (recorded as a tag)")] = "manual promotion") -> None:
     """Move the `champion` alias to VERSION."""
-    from .registry import RegistryError, promote as promote_version, setup_tracking
+    from .registry import RegistryError, setup_tracking
+    from .registry import promote as promote_version
     from .workspace import Workspace
 
     cfg = _config(config, workspace)

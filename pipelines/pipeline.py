@@ -107,8 +107,7 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
                                tables.events["event_timestamp"].max().to_pydatetime())
 
     with timer.step("ray_init", "start Ray"):
-        ray = init_ray(ray_address)
-        import ray.data
+        ray = init_ray(ray_address)  # init_ray imports ray.data too
 
     from . import validate
     from .preprocess import fit_preprocessor

@@ -19,7 +19,6 @@ from .config import TrainConfig
 from .preprocess import Preprocessor
 
 
-
 def binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """AUC, logloss and calibration (mean prediction / observed rate)."""
     from sklearn.metrics import log_loss, roc_auc_score

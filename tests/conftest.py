@@ -32,3 +32,8 @@ def ray_session():
     ray = init_ray(num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(items):
+    """README-command tests first: each starts its own Ray, so they run before the in-process instance."""
+    items.sort(key=lambda item: 0 if "/e2e/" in str(item.path) else 1)

@@ -9,7 +9,13 @@ import pytest
 
 from mixrec.features.schema import SYNTHETIC_SCHEMA as SCHEMA
 from mixrec.features.synthetic import generate
-from mixrec.pipelines.validate import FAILED_COLUMN, ValidationFailed, build_suite, fit_dense_ranges, validate_dataset
+from mixrec.pipelines.validate import (
+    FAILED_COLUMN,
+    ValidationFailed,
+    build_suite,
+    fit_dense_ranges,
+    validate_dataset,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,111 @@
+"""The README's commands, run as written (with smaller sizes where the README shows the flags), so it stays true.
+
+Runs first in the session (see tests/conftest.py), before the in-process Ray instance exists, because each
+command starts a Ray instance of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+MIXREC = str(Path(sys.executable).with_name("mixrec"))
+
+
+def readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    return re.findall(r"^(\.venv/bin/mixrec [^#\n]*?|make \w+)\s*(?:#.*)?$", text, flags=re.M)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("mixrec_home")
+    return {**os.environ, "MIXREC_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+
+
+def run(cmd: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_readme_lists_the_commands_this_test_runs():
+    cmds = readme_commands()
+    for expected in ("make demo", "make test", ".venv/bin/mixrec demo", ".venv/bin/mixrec run configs/demo.yaml",
+                     ".venv/bin/mixrec serve", ".venv/bin/mixrec query", ".venv/bin/mixrec promote 2",
+                     ".venv/bin/mixrec models"):
+        assert any(c.startswith(expected) for c in cmds), (expected, cmds)
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "\nmake test\n" in ci, ".ci/run must call the README's test command"
+
+
+def test_readme_commands_end_to_end(env, free_port):
+    port = free_port()
+    # 1. The demo command, smaller (the README shows DEMO_ARGS for this).
+    demo = run(["make", "demo", f"DEMO_ARGS=--events 3000 --epochs 1 --port {port}"], env)
+    out = demo.stdout
+    assert "registered mixrec-ranker v1" in out
+    assert re.search(r"user 1 -> arm champion \(mixrec-ranker v1\)", out), out[-2000:]
+    assert len(re.findall(r"^\s+\d+\. item\s+\d+\s+score 0\.\d{4}$", out, flags=re.M)) == 24  # 3 users x 8 items
+    assert "step seconds:" in out
+
+    # 2. `mixrec run` with the sample config (smaller data through the same config file).
+    small = Path(env["MIXREC_HOME"]) / "small.yaml"
+    small.write_text((REPO / "configs/demo.yaml").read_text().replace("num_events: 50000", "num_events: 3000")
+                     .replace("epochs: 3", "epochs: 1"))
+    assert "registered mixrec-ranker v2 (aliases: challenger)" in run([MIXREC, "run", str(small)], env).stdout
+
+    # 3. `mixrec serve` in the background, 4. `mixrec query` against it.
+    serve = subprocess.Popen([MIXREC, "serve", "--port", str(port)], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/mixrec/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert serve.poll() is None, serve.stdout.read()
+            time.sleep(2)
+        else:
+            pytest.fail("mixrec serve did not become healthy in 180 s")
+        q = run([MIXREC, "query", "--user", "17", "--items", "1,5,9,13", "--device", "1", "--hour", "20"], env)
+        body = json.loads(q.stdout)
+        assert body["arm"] in {"champion", "challenger"} and len(body["ranked"]) == 4
+        arms = httpx.get(f"http://127.0.0.1:{port}/mixrec/arms", timeout=10).json()
+        assert arms["versions"] == {"champion": "1", "challenger": "2"}
+    finally:
+        os.killpg(serve.pid, signal.SIGINT)
+        try:
+            serve.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+
+    # 5. `mixrec promote 2`, 6. `mixrec models`.
+    assert "v2 is now champion" in run([MIXREC, "promote", "2"], env).stdout
+    table = run([MIXREC, "models"], env).stdout
+    assert "rankmixer" in table and "dnn" in table
+
+
+def test_cli_rejects_bad_input_with_clear_errors(env, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  num_workers: 0\nmodel:\n  nme: x\n")
+    proc = subprocess.run([MIXREC, "run", str(bad)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "train.num_workers" in proc.stderr and "model.nme" in proc.stderr
+    proc = subprocess.run([MIXREC, "query", "--user", "1", "--items", "a,b", "--url", "http://127.0.0.1:9"],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--items must be comma-separated integers" in proc.stderr
