@@ -64,3 +64,13 @@ def stop_serving() -> None:
     from ray import serve
 
     serve.delete(APP_NAME)
+
+
+def app_from_args(args: dict):
+    """Serve application builder for ``serve run`` / KubeRay ``serveConfigV2``:
+    ``import_path: mixrec.serving.server:app_from_args`` with ``args: {config: /path/pipeline.yaml}``.
+    Aliases resolve to versions here, once, when the application is built."""
+    from mixrec.pipelines.config import PipelineConfig, load_config
+
+    cfg = load_config(args["config"]) if args.get("config") else PipelineConfig()
+    return build_app(serve_spec(cfg, Workspace.resolve(cfg.workspace)))
