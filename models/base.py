@@ -1,0 +1,179 @@
+"""Model interface shared by the whole zoo: :class:`FeatureLayout` and :class:`RankingModel`.
+
+Every model maps a batch ``(categorical [B, n_cat] int64, dense [B, n_dense] float32)`` to logits ``[B]``.
+Extra training losses (MoE sparsity regularisers, auxiliary towers) are exposed through
+:meth:`RankingModel.auxiliary_loss`; parameter and FLOP counts are analytic.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Shape of one example's features.
+
+    Args:
+        cardinalities: vocabulary size per categorical field, *including* id 0, the OOV/unknown
+            bucket; ids are int64 in ``[0, card)``.
+        n_dense: number of dense (float) features, may be 0.
+    """
+
+    cardinalities: tuple[int, ...] = ()
+    n_dense: int = 0
+
+    def __post_init__(self) -> None:
+        cards = tuple(int(c) for c in self.cardinalities)
+        object.__setattr__(self, "cardinalities", cards)
+        if any(c < 1 for c in cards):
+            raise ValueError(f"cardinalities must all be >= 1 (index 0 is the OOV bucket), got {cards}")
+        if int(self.n_dense) < 0:
+            raise ValueError(f"n_dense must be >= 0, got {self.n_dense}")
+        object.__setattr__(self, "n_dense", int(self.n_dense))
+        if not cards and self.n_dense == 0:
+            raise ValueError("a FeatureLayout needs at least one categorical or dense field")
+
+    @property
+    def n_cat(self) -> int:
+        return len(self.cardinalities)
+
+    @property
+    def num_fields(self) -> int:
+        """Categorical plus dense fields (each becomes one embedding row)."""
+        return self.n_cat + self.n_dense
+
+
+def check(cond: bool, msg: str) -> None:
+    """Raise ``ValueError(msg)`` unless ``cond``: the one way configs are validated."""
+    if not cond:
+        raise ValueError(msg)
+
+
+def as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in value)
+    except TypeError as err:
+        raise ValueError(f"{name} must be a sequence of positive ints, got {value!r}") from err
+    check(all(v > 0 for v in out), f"{name} must contain positive ints, got {value!r}")
+    return out
+
+
+class RankingModel(nn.Module):
+    """Base class of every ranking model.
+
+    Subclasses implement ``_forward(categorical, dense) -> logits [B]`` and ``_flops() -> int``,
+    and call ``self._store_config(locals())`` first thing in ``__init__`` (after ``super().__init__``).
+
+    Training-only state that must survive checkpoints (temperature step, adaptive MoE lambda) lives in
+    registered buffers of the subclass and only advances in ``self.training`` forwards.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, layout: FeatureLayout) -> None:
+        super().__init__()
+        if not isinstance(layout, FeatureLayout):
+            raise TypeError(f"layout must be a FeatureLayout, got {type(layout).__name__}")
+        self.layout = layout
+        self._hparams: dict[str, Any] = {}
+        self._aux_loss: Tensor | None = None  # label-free auxiliary loss of the last training forward
+        self._aux_logits: list[Tensor] = []  # auxiliary-tower logits of the last training forward
+        self._aux_logit_weight: float = 0.0
+        self._last_labels: Tensor | None = None
+        self.register_buffer(
+            "_cards", torch.tensor(layout.cardinalities, dtype=torch.long), persistent=False
+        )
+
+    # ----------------------------------------------------------------- config
+    def _store_config(self, local_vars: dict[str, Any]) -> None:
+        sig = inspect.signature(type(self).__init__)
+        self._hparams = {
+            k: local_vars[k] for k in sig.parameters if k not in ("self", "layout") and k in local_vars
+        }
+
+    def config(self) -> dict[str, Any]:
+        """``{"name": registry name, "kwargs": constructor kwargs}``; with the layout it rebuilds the model."""
+        kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._hparams.items()}
+        return {"name": self.name, "kwargs": kwargs}
+
+    # ------------------------------------------------------------------ forward
+    def _check_inputs(self, categorical: Tensor, dense: Tensor | None) -> tuple[Tensor, Tensor]:
+        lay = self.layout
+        if categorical.dim() != 2 or categorical.shape[1] != lay.n_cat:
+            raise ValueError(
+                f"categorical must have shape [B, {lay.n_cat}], got {tuple(categorical.shape)}"
+            )
+        if categorical.dtype.is_floating_point or categorical.dtype == torch.bool:
+            raise ValueError(f"categorical must be an integer tensor, got {categorical.dtype}")
+        categorical = categorical.long()
+        b = categorical.shape[0]
+        if dense is None:
+            dense = categorical.new_zeros((b, 0), dtype=torch.float32)
+        if dense.dim() != 2 or dense.shape != (b, lay.n_dense):
+            raise ValueError(f"dense must have shape [{b}, {lay.n_dense}], got {tuple(dense.shape)}")
+        if lay.n_cat and b:
+            bad = (categorical < 0) | (categorical >= self._cards)
+            if bool(bad.any()):
+                field = int(bad.any(0).nonzero()[0, 0])
+                raise ValueError(
+                    f"categorical id out of range in field {field}: ids must be in "
+                    f"[0, {lay.cardinalities[field]}) (0 = OOV bucket)"
+                )
+        return categorical, dense.float()
+
+    def forward(self, categorical: Tensor, dense: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
+        """categorical [B, n_cat] int64, dense [B, n_dense] float -> logits [B].
+
+        ``labels`` ([B], optional) is only needed by models with auxiliary towers (TokenMixer-Large);
+        they can be passed here or to :meth:`auxiliary_loss`.
+        """
+        categorical, dense = self._check_inputs(categorical, dense)
+        if self.training:
+            self._aux_loss = None
+            self._aux_logits = []
+            self._last_labels = labels
+        return self._forward(categorical, dense)
+
+    def _forward(self, categorical: Tensor, dense: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    # ---------------------------------------------------------- extra losses
+    def auxiliary_loss(self, labels: Tensor | None = None) -> Tensor:
+        """Scalar to add to the main BCE loss; reflects the last *training* forward (0 when none)."""
+        dev = next(self.parameters()).device
+        loss = torch.zeros((), device=dev)
+        if self._aux_loss is not None:
+            loss = loss + self._aux_loss
+        if labels is None:
+            labels = self._last_labels
+        if self._aux_logits and labels is not None and self._aux_logit_weight > 0:
+            y = labels.float().reshape(-1)
+            for logit in self._aux_logits:
+                loss = loss + self._aux_logit_weight * F.binary_cross_entropy_with_logits(logit, y)
+        return loss
+
+    # ------------------------------------------------------------------ counts
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_example(self) -> int:
+        """Analytic forward FLOPs per example of the inference (eval) forward; multiply-add = 2.
+
+        Counts the matrix products (what ``FlopCounterMode`` counts); element-wise ops, norms and
+        embedding lookups are not counted. Per-step work independent of the batch (e.g. composing
+        UniMixing-Lite matrices) is excluded.
+        """
+        return int(self._flops())
+
+    def _flops(self) -> int:  # pragma: no cover
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, layout={self.layout}"

@@ -1,0 +1,142 @@
+"""Unit tests of the model zoo: smoke training, interface, config errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mixrec.models import FeatureLayout, RankingModel, available_models, build_model, model_summary_table
+
+torch.set_num_threads(1)
+
+LAYOUT = FeatureLayout(cardinalities=(11, 7, 5, 3), n_dense=2)
+
+
+def tiny_batch(layout: FeatureLayout, n: int = 64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    cat = torch.stack([torch.randint(0, c, (n,), generator=g) for c in layout.cardinalities], 1)
+    dense = torch.randn(n, layout.n_dense, generator=g)
+    # learnable signal: depends on field 0 and the first dense value
+    y = ((cat[:, 0] % 2 == 0).float() + (dense[:, 0] > 0).float() >= 1).float() if layout.n_dense else (
+        cat[:, 0] % 2 == 0
+    ).float()
+    return cat, dense, y
+
+
+def train_steps(model: RankingModel, cat, dense, y, steps: int = 30, lr: float = 1e-2):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        logits = model(cat, dense)
+        loss = F.binary_cross_entropy_with_logits(logits, y)
+        total = loss + model.auxiliary_loss(y)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_smoke_training(name):
+    torch.manual_seed(0)
+    model = build_model(name, LAYOUT)
+    cat, dense, y = tiny_batch(LAYOUT)
+    model.eval()
+    with torch.no_grad():
+        out = model(cat, dense)
+    assert out.shape == (64,) and out.dtype == torch.float32
+    losses = train_steps(model, cat, dense, y)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert min(losses[-5:]) < losses[0] * 0.9, losses
+    aux = model.auxiliary_loss()
+    assert aux.dim() == 0 and torch.isfinite(aux)
+    model.eval()
+    with torch.no_grad():
+        out = model(cat, dense)
+    assert out.shape == (64,) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_config_roundtrip_and_counts(name):
+    torch.manual_seed(0)
+    model = build_model(name, LAYOUT)
+    cfg = model.config()
+    assert cfg["name"] == name
+    again = build_model(cfg["name"], LAYOUT, **cfg["kwargs"])
+    again.load_state_dict(model.state_dict())
+    cat, dense, _ = tiny_batch(LAYOUT, 8)
+    model.eval()
+    again.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(cat, dense), again(cat, dense))
+    assert model.num_parameters() == sum(p.numel() for p in model.parameters()) > 0
+    assert model.flops_per_example() > 0
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_no_dense_fields(name):
+    layout = FeatureLayout(cardinalities=(9, 4, 6))
+    model = build_model(name, layout)
+    cat, _, _ = tiny_batch(layout, 5)
+    model.eval()
+    with torch.no_grad():
+        assert model(cat, torch.zeros(5, 0)).shape == (5,)
+        assert model(cat).shape == (5,)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="allowed names"):
+        build_model("nope", LAYOUT)
+
+
+def test_unknown_kwarg():
+    with pytest.raises(ValueError, match="allowed"):
+        build_model("rankmixer", LAYOUT, dmodel=8)
+
+
+def test_out_of_range_ids():
+    model = build_model("dnn", LAYOUT)
+    cat, dense, _ = tiny_batch(LAYOUT, 4)
+    cat[0, 2] = 5  # cardinality of field 2 is 5
+    with pytest.raises(ValueError, match="field 2"):
+        model(cat, dense)
+    cat[0, 2] = -1
+    with pytest.raises(ValueError, match="out of range"):
+        model(cat, dense)
+
+
+def test_bad_shapes():
+    model = build_model("dnn", LAYOUT)
+    cat, dense, _ = tiny_batch(LAYOUT, 4)
+    with pytest.raises(ValueError, match="categorical"):
+        model(cat[:, :2], dense)
+    with pytest.raises(ValueError, match="dense"):
+        model(cat, dense[:, :1])
+
+
+def test_layout_validation():
+    with pytest.raises(ValueError, match="cardinalities"):
+        FeatureLayout(cardinalities=(3, 0))
+    with pytest.raises(ValueError, match="n_dense"):
+        FeatureLayout(cardinalities=(3,), n_dense=-1)
+    lay = FeatureLayout(cardinalities=[3, 4], n_dense=1)
+    assert lay.cardinalities == (3, 4) and lay.num_fields == 3
+
+
+def test_rankmixer_config_errors():
+    with pytest.raises(ValueError, match="d_model .* divisible by num_tokens"):
+        build_model("rankmixer", LAYOUT, d_model=30, num_tokens=4)
+    with pytest.raises(ValueError, match="num_tokens"):
+        build_model("rankmixer", LAYOUT, embedding_dim=1, num_tokens=12, d_model=36)
+    with pytest.raises(ValueError, match="num_layers"):
+        build_model("rankmixer", LAYOUT, num_layers=0)
+
+
+def test_summary_table():
+    rows = model_summary_table()
+    assert [r.name for r in rows] == available_models()
+    for r in rows:
+        assert r.parameters > 0 and r.mflops_per_example > 0
