@@ -184,6 +184,60 @@ def promote(version: Annotated[str, typer.Argument(help="model version to make c
     typer.echo(f"{mv.name} v{mv.version} is now champion (aliases: {', '.join(mv.aliases)})")
 
 
+AddressOpt = Annotated[str, typer.Option("--address", envvar="RAY_JOBS_ADDRESS",
+                                         help="Ray dashboard / Jobs API address, e.g. http://127.0.0.1:8265")]
+jobs_app = typer.Typer(no_args_is_help=True, help="Ray Jobs on a cluster: list, status, logs, stop.")
+app.add_typer(jobs_app, name="jobs")
+
+
+@app.command()
+def submit(config: Annotated[Path, typer.Argument(help="pipeline config YAML")], address: AddressOpt,
+           wait: Annotated[bool, typer.Option("--wait", help="follow until the job ends; exit 1 unless it succeeded")] = False
+           ) -> None:
+    """Submit the pipeline to a Ray cluster as a Ray Job; prints the job id."""
+    from . import jobs
+
+    try:
+        job_id = jobs.submit(config, address)
+    except ConfigError as err:
+        _fail(str(err))
+    typer.echo(job_id)
+    if wait:
+        final = jobs.wait(address, job_id, progress=lambda s: typer.echo(f"  {s}", err=True))
+        if final != "SUCCEEDED":
+            typer.echo(jobs.logs(address, job_id)[-4000:], err=True)
+            raise typer.Exit(1)
+
+
+@jobs_app.command("list")
+def jobs_list(address: AddressOpt) -> None:
+    from . import jobs
+
+    for j in jobs.list_jobs(address):
+        typer.echo(f"{j['job_id']:<28}{j['status']:<12}{j['entrypoint']}")
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: str, address: AddressOpt) -> None:
+    from . import jobs
+
+    typer.echo(jobs.status(address, job_id))
+
+
+@jobs_app.command("logs")
+def jobs_logs(job_id: str, address: AddressOpt) -> None:
+    from . import jobs
+
+    typer.echo(jobs.logs(address, job_id))
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: str, address: AddressOpt) -> None:
+    from . import jobs
+
+    typer.echo("stopped" if jobs.stop(address, job_id) else "not running")
+
+
 @app.command()
 def models() -> None:
     """The model zoo: name, parameters, MFLOPs per example at the default size."""

@@ -66,6 +66,8 @@ class TrainConfig(_Section):
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0.0, description="<1 leaves CPUs for Ray Data on small machines")
     use_gpu: bool = False
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="SPREAD/STRICT_SPREAD put the workers on different nodes of a cluster")
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(512, ge=1)
     learning_rate: float = Field(2e-3, gt=0.0)

@@ -34,7 +34,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
     address = address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": dict(QUIET_ENV)}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        # Inside a Ray Job the job's runtime_env (shipped code, env vars) applies; don't override it.
+        ray.init(address=address, log_to_driver=False)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
                  log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)

@@ -52,6 +52,7 @@ def _dtypes():
 def train_loop_per_worker(cfg: dict) -> None:
     """Runs on every Ray Train worker."""
     import mlflow
+    import ray
     import ray.train
     import ray.train.torch
     import torch
@@ -82,6 +83,11 @@ def train_loop_per_worker(cfg: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
     client = mlflow.MlflowClient(cfg["tracking_uri"]) if rank == 0 and cfg.get("mlflow_run_id") else None
+    distributed = dist.is_available() and dist.is_initialized()
+    nodes = [ray.get_runtime_context().get_node_id()]
+    if distributed:
+        nodes = [None] * dist.get_world_size()
+        dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
 
     for epoch in range(start_epoch, cfg["epochs"]):
         ddp_model.train()
@@ -97,7 +103,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             seen += len(batch["label"])
         train_seconds = time.perf_counter() - t0
         labels, probs = _predict(module, valid_shard, cfg["batch_size"] * 4)
-        if dist.is_available() and dist.is_initialized():
+        if distributed:
             gathered = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, (labels, probs))
             labels = np.concatenate([g[0] for g in gathered])
@@ -106,7 +112,8 @@ def train_loop_per_worker(cfg: dict) -> None:
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1),
                    "train_samples_per_s": seen / max(train_seconds, 1e-9),
                    "valid_auc": valid["auc"], "valid_logloss": valid["logloss"],
-                   "valid_calibration": valid["calibration"], "valid_rows": int(len(labels))}
+                   "valid_calibration": valid["calibration"], "valid_rows": int(len(labels)),
+                   "num_nodes": len(set(nodes))}
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(Path(tmp), module, preprocessor)
@@ -151,7 +158,8 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
         train_loop_per_worker,
         train_loop_config=loop_cfg,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker},
+                                     placement_strategy=cfg.placement_strategy),
         run_config=RunConfig(
             name=run_name, storage_path=str(storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="valid_auc",
