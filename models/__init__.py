@@ -12,8 +12,10 @@ Imports only torch / numpy / the standard library.
 """
 
 from .base import FeatureLayout, RankingModel
+from .dcnv2 import DCNv2
 from .dnn import DNN
 from .rankmixer import RankMixer
+from .rankmixer_moe import RankMixerMoE
 from .registry import (
     ModelSummary,
     available_models,
@@ -23,11 +25,22 @@ from .registry import (
     register_model,
 )
 
-for _cls in (DNN, RankMixer):
+from .tokenmixer_large import TokenMixerLarge, TokenMixerLargeMoE
+from .unimixer import UniMixer, UniMixingLite
+from .wukong import Wukong
+
+for _cls in (DNN, DCNv2, RankMixer, RankMixerMoE, TokenMixerLarge, TokenMixerLargeMoE, UniMixer, UniMixingLite, Wukong):
     register_model(_cls)
 
 __all__ = [
+    "DCNv2",
     "DNN",
+    "RankMixerMoE",
+    "TokenMixerLarge",
+    "TokenMixerLargeMoE",
+    "UniMixer",
+    "UniMixingLite",
+    "Wukong",
     "FeatureLayout",
     "ModelSummary",
     "RankMixer",

@@ -17,6 +17,28 @@ _SIZE_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "rankmixer_small": ("rankmixer", dict(embedding_dim=8, num_tokens=4, d_model=32, num_layers=2, ffn_ratio=2)),
     "rankmixer_base": ("rankmixer", dict(embedding_dim=16, num_tokens=8, d_model=128, num_layers=2, ffn_ratio=4)),
     "rankmixer_large": ("rankmixer", dict(embedding_dim=32, num_tokens=16, d_model=768, num_layers=2, ffn_ratio=4)),
+    # RankMixer Sparse-MoE (ReLU routing + DTSI)
+    "rankmixer_moe_small": ("rankmixer_moe", dict(embedding_dim=8, num_tokens=4, d_model=32, num_layers=2, num_experts=4)),
+    "rankmixer_moe_base": ("rankmixer_moe", dict(embedding_dim=16, num_tokens=8, d_model=128, num_layers=2, ffn_ratio=4, num_experts=8, target_active_ratio=0.25)),
+    # TokenMixer-Large (dense and SP-MoE)
+    "tokenmixer_large_small": ("tokenmixer_large", dict(embedding_dim=8, num_tokens=4, d_model=32, num_heads=4, num_layers=2, ffn_ratio=2)),
+    "tokenmixer_large_base": ("tokenmixer_large", dict(embedding_dim=16, num_tokens=8, d_model=128, num_heads=8, num_layers=4, ffn_ratio=2)),
+    "tokenmixer_large_large": ("tokenmixer_large", dict(embedding_dim=32, num_tokens=16, d_model=512, num_heads=16, num_layers=6, ffn_ratio=4)),
+    "tokenmixer_large_moe_base": ("tokenmixer_large_moe", dict(embedding_dim=16, num_tokens=8, d_model=128, num_heads=8, num_layers=4, ffn_ratio=4, num_experts=4, top_k=2, moe_alpha=2.0)),
+    # UniMixer (full UniMixing) and UniMixing-Lite
+    "unimixer_small": ("unimixer", dict(embedding_dim=8, num_tokens=4, d_model=32, num_layers=2, block_size=4)),
+    "unimixer_base": ("unimixer", dict(embedding_dim=16, num_tokens=8, d_model=64, num_layers=4, block_size=8)),
+    "unimixer_large": ("unimixer", dict(embedding_dim=32, num_tokens=16, d_model=96, num_layers=4, block_size=16)),
+    "unimixer_lite_small": ("unimixer_lite", dict(embedding_dim=8, num_tokens=4, d_model=32, num_layers=2, block_size=4, num_basis=4)),
+    "unimixer_lite_base": ("unimixer_lite", dict(embedding_dim=16, num_tokens=8, d_model=64, num_layers=4, block_size=4, num_basis=4)),
+    "unimixer_lite_large": ("unimixer_lite", dict(embedding_dim=32, num_tokens=16, d_model=96, num_layers=4, block_size=4, num_basis=4, rank=48)),
+    # Wukong
+    "wukong_small": ("wukong", dict(embedding_dim=8, num_layers=2, num_fm_embeddings=4, num_lcb_embeddings=4, fm_rank=8)),
+    "wukong_base": ("wukong", dict(embedding_dim=16, num_layers=3, num_fm_embeddings=8, num_lcb_embeddings=8, fm_rank=24, fmb_mlp_dims=(256, 256), top_mlp_dims=(256,))),
+    "wukong_large": ("wukong", dict(embedding_dim=128, num_layers=4, num_fm_embeddings=16, num_lcb_embeddings=16, fm_rank=24, fmb_mlp_dims=(2048, 2048), top_mlp_dims=(2048, 2048))),
+    # baselines (BARS Frappe_x1-like)
+    "dnn_bars": ("dnn", dict(embedding_dim=10, hidden_dims=(400, 400, 400), batch_norm=True, dropout=0.2)),
+    "dcnv2_bars": ("dcnv2", dict(embedding_dim=10, num_cross_layers=4, dnn_dims=(400, 400, 400), batch_norm=True, dropout=0.2)),
 }
 
 
@@ -38,6 +60,32 @@ def size_kwargs(name: str) -> tuple[str, dict[str, Any]]:
     """(architecture, default kwargs) of a named size."""
     arch, kw = _SIZE_TABLE[name]
     return arch, dict(kw)
+
+
+def _named(size: str) -> Callable[..., RankingModel]:
+    def builder(layout: FeatureLayout, **kw: Any) -> RankingModel:
+        return SIZES[size](layout, **kw)
+
+    builder.__name__ = builder.__qualname__ = size
+    builder.__doc__ = f"Named size {size!r}: {_SIZE_TABLE[size][0]} with {_SIZE_TABLE[size][1]}."
+    return builder
+
+
+unimixer_small = _named("unimixer_small")
+unimixer_base = _named("unimixer_base")
+unimixer_large = _named("unimixer_large")
+unimixer_lite_small = _named("unimixer_lite_small")
+unimixer_lite_base = _named("unimixer_lite_base")
+unimixer_lite_large = _named("unimixer_lite_large")
+tokenmixer_large_small = _named("tokenmixer_large_small")
+tokenmixer_large_base = _named("tokenmixer_large_base")
+tokenmixer_large_large = _named("tokenmixer_large_large")
+tokenmixer_large_moe_base = _named("tokenmixer_large_moe_base")
+rankmixer_moe_small = _named("rankmixer_moe_small")
+rankmixer_moe_base = _named("rankmixer_moe_base")
+wukong_small = _named("wukong_small")
+wukong_base = _named("wukong_base")
+wukong_large = _named("wukong_large")
 
 
 def rankmixer_small(layout: FeatureLayout, **kw: Any) -> RankingModel:

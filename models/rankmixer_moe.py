@@ -1,0 +1,150 @@
+"""RankMixer Sparse-MoE variant (arXiv 2507.15551v3 §3.4, Eq. 10–11; spec §2.3).
+
+Same tokenizer, token mixing and post-LN as :mod:`.rankmixer`; the PFFN of every token is replaced by
+``num_experts`` per-token experts with ReLU routing (no softmax, no top-k: the number of active experts
+varies per token and sample) and the DTSI dual router (dense training / sparse inference).
+
+[I] choices (spec §2.3 recommendations followed):
+* per-token routers ``h_t: R^D -> R^E`` (both ``h_train`` and ``h_infer``);
+* each expert is a full-width GELU FFN (hidden ``ffn_ratio·D``): capacity ×E at the same active compute
+  when the active ratio is 1/E (set ``expert_hidden`` to slice the dense width instead);
+* training forward uses ``v^train``; ``h_infer`` learns through an MSE distillation of ``v^infer`` to
+  ``stopgrad(v^train)`` (weight ``distill_weight``) plus the L1 term; eval uses ``h_infer`` only;
+* ``L_reg = Σ_t Σ_j G^infer_{t,j}`` averaged over the batch and summed over layers (Eq. 11);
+* adaptive λ (ReMoE-style controller): after every training forward
+  ``λ ← λ·(1+η)^{sign(active_ratio − target)}``, λ clipped to [1e-8, 1e2];
+  λ, the step and the last active ratios are registered buffers (saved in checkpoints).
+
+Auxiliary loss = λ·L_reg + distill_weight·Σ_layers MSE. :meth:`routing_stats` reports the achieved active
+ratio (fraction of ``G^infer > 0``), overall and per layer.
+FLOPs per example = eval forward with dense expert compute (all E experts; active-only FLOPs are
+``active_ratio`` × the expert part).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import FeatureLayout, check
+from .moe import DTSIPerTokenMoE
+from .rankmixer import RankMixer
+from .mixing import token_mix
+
+
+class RankMixerMoEBlock(nn.Module):
+    """Post-LN RankMixer block with a DTSI ReLU-routed per-token MoE. [B, T, D] -> [B, T, D]."""
+
+    def __init__(self, num_tokens: int, d_model: int, hidden: int, num_experts: int, dropout: float = 0.0):
+        super().__init__()
+        self.T = num_tokens
+        self.norm_mix = nn.LayerNorm(d_model)
+        self.moe = DTSIPerTokenMoE(num_tokens, d_model, hidden, num_experts, dropout)
+        self.norm_ffn = nn.LayerNorm(d_model)
+        self.last_gates: Tensor | None = None
+        self.last_distill: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.norm_mix(token_mix(x, self.T) + x)
+        v, gates, distill = self.moe(s)
+        self.last_gates, self.last_distill = gates, distill
+        return self.norm_ffn(v + s)
+
+    def flops(self) -> int:
+        return self.moe.flops()
+
+
+class RankMixerMoE(RankMixer):
+    """Args (besides :class:`RankMixer`'s): num_experts, expert_hidden (None = ffn_ratio·D),
+    target_active_ratio, l1_lambda_init, lambda_lr (η), distill_weight."""
+
+    name = "rankmixer_moe"
+
+    def __init__(
+        self,
+        layout: FeatureLayout,
+        *,
+        embedding_dim: int = 8,
+        num_tokens: int = 4,
+        d_model: int = 32,
+        num_layers: int = 2,
+        ffn_ratio: float = 2,
+        tower_dims: tuple[int, ...] = (64,),
+        dropout: float = 0.0,
+        shared_projection: bool = False,
+        num_experts: int = 4,
+        expert_hidden: int | None = None,
+        target_active_ratio: float = 0.5,
+        l1_lambda_init: float = 1e-3,
+        lambda_lr: float = 0.1,
+        distill_weight: float = 1.0,
+    ) -> None:
+        check(num_experts >= 1, f"num_experts must be >= 1, got {num_experts}")
+        check(
+            0.0 < target_active_ratio <= 1.0,
+            f"target_active_ratio must be in (0, 1], got {target_active_ratio}",
+        )
+        check(expert_hidden is None or expert_hidden >= 1, f"expert_hidden must be None or >= 1, got {expert_hidden}")
+        check(l1_lambda_init > 0, f"l1_lambda_init must be > 0, got {l1_lambda_init}")
+        check(lambda_lr >= 0, f"lambda_lr must be >= 0, got {lambda_lr}")
+        self._num_experts = num_experts
+        self._expert_hidden = expert_hidden
+        super().__init__(
+            layout,
+            embedding_dim=embedding_dim,
+            num_tokens=num_tokens,
+            d_model=d_model,
+            num_layers=num_layers,
+            ffn_ratio=ffn_ratio,
+            tower_dims=tower_dims,
+            dropout=dropout,
+            shared_projection=shared_projection,
+        )
+        self._store_config(locals())
+        self.target_active_ratio = float(target_active_ratio)
+        self.lambda_lr = float(lambda_lr)
+        self.distill_weight = float(distill_weight)
+        self.register_buffer("l1_lambda", torch.tensor(float(l1_lambda_init)))
+        self.register_buffer("moe_step", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("active_ratio", torch.tensor(1.0))
+        self.register_buffer("layer_active_ratio", torch.ones(num_layers))
+
+    def _make_block(self) -> nn.Module:
+        hidden = self._expert_hidden or self.ffn_hidden
+        return RankMixerMoEBlock(self.T, self.D, hidden, self._num_experts, self._block_dropout())
+
+    def _forward(self, categorical: Tensor, dense: Tensor) -> Tensor:
+        logits = super()._forward(categorical, dense)
+        gates = [blk.last_gates for blk in self.blocks]
+        with torch.no_grad():
+            ratios = torch.stack([(g > 0).float().mean() for g in gates])
+        if self.training:
+            b = max(categorical.shape[0], 1)
+            l_reg = sum(g.sum() for g in gates) / b
+            distill = sum(blk.last_distill for blk in self.blocks)
+            self._aux_loss = self.l1_lambda.clone() * l_reg + self.distill_weight * distill
+            with torch.no_grad():
+                ratio = ratios.mean()
+                direction = torch.sign(ratio - self.target_active_ratio)
+                self.l1_lambda.mul_((1.0 + self.lambda_lr) ** direction).clamp_(1e-8, 1e2)
+                self.moe_step.add_(1)
+                self.active_ratio.copy_(ratio)
+                self.layer_active_ratio.copy_(ratios)
+        else:
+            self._eval_ratios = ratios
+        for blk in self.blocks:  # do not keep graphs alive between steps
+            blk.last_gates = blk.last_distill = None
+        return logits
+
+    def routing_stats(self) -> dict[str, float | list[float]]:
+        """Achieved active-expert ratio of the inference router (last training forward), λ, target."""
+        out: dict[str, float | list[float]] = {
+            "active_ratio": float(self.active_ratio),
+            "layer_active_ratio": [float(r) for r in self.layer_active_ratio],
+            "target_active_ratio": self.target_active_ratio,
+            "l1_lambda": float(self.l1_lambda),
+            "step": int(self.moe_step),
+        }
+        if getattr(self, "_eval_ratios", None) is not None:
+            out["eval_active_ratio"] = float(self._eval_ratios.mean())
+        return out
