@@ -246,7 +246,7 @@ def models() -> None:
     rows = model_summary_table()
     typer.echo(f"{'model':<24}{'parameters':>14}{'MFLOPs/example':>16}")
     for row in rows:
-        typer.echo(f"{row['name']:<24}{row['parameters']:>14,}{row['mflops_per_example']:>16.3f}")
+        typer.echo(f"{row.name:<24}{row.parameters:>14,}{row.mflops_per_example:>16.3f}")
 
 
 def main() -> None:
