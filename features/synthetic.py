@@ -58,10 +58,15 @@ class GroundTruth:
         # Hidden parameters.
         self.user_bias = rng.normal(0.0, 0.3, num_users)
         self.item_bias = rng.normal(0.0, 0.3, num_items)
-        self.region_x_category = rng.normal(0.0, 0.9, (NUM_REGIONS, NUM_CATEGORIES))
-        self.user_latent = rng.normal(0.0, 0.6, (num_users, LATENT_DIM))
-        self.item_latent = rng.normal(0.0, 0.6, (num_items, LATENT_DIM))
-        self.device_daypart_category = rng.normal(0.0, 1.1, (NUM_DEVICES, NUM_DAYPARTS, NUM_CATEGORIES))
+        # Low-rank (factorized) interaction tables: learnable from tens of thousands of rows, as real
+        # interactions tend to be, yet invisible to a first-order model.
+        self.region_x_category = np.einsum("rk,ck->rc", rng.normal(0.0, 0.7, (NUM_REGIONS, 3)),
+                                           rng.normal(0.0, 0.7, (NUM_CATEGORIES, 3)))
+        self.user_latent = rng.normal(0.0, 0.5, (num_users, LATENT_DIM))
+        self.item_latent = rng.normal(0.0, 0.5, (num_items, LATENT_DIM))
+        self.device_daypart_category = np.einsum(
+            "dk,pk,ck->dpc", rng.normal(0.0, 1.0, (NUM_DEVICES, 2)), rng.normal(0.0, 1.0, (NUM_DAYPARTS, 2)),
+            rng.normal(0.0, 1.0, (NUM_CATEGORIES, 2)))
         self.intercept = -2.2
 
     def logit(self, user_id: np.ndarray, item_id: np.ndarray, device: np.ndarray, hour: np.ndarray,
@@ -96,7 +101,8 @@ def generate(num_events: int, num_users: int, num_items: int, days: int, seed: i
     user_id = rng.choice(num_users, num_events, p=user_p / user_p.sum())
     item_id = rng.choice(num_items, num_events, p=item_p / item_p.sum())
     # Events start at noon of day 0 so every event is after the first daily snapshot (00:00).
-    seconds = np.floor(rng.uniform(12 * 3600, days * 86400, num_events))  # whole seconds: Feast drops ns
+    # Microsecond resolution: Feast truncates nanoseconds, and its join deduplicates rows with equal keys+time.
+    seconds = np.floor(rng.uniform(12 * 3600, days * 86400, num_events) * 1e6) / 1e6
     order = np.argsort(seconds, kind="stable")
     user_id, item_id, seconds = user_id[order], item_id[order], seconds[order]
     day = (seconds // 86400).astype(np.int64)

@@ -73,7 +73,7 @@ def _block_until_interrupted(url: str) -> None:
 
 @app.command()
 def demo(
-    events: Annotated[int, typer.Option(help="synthetic events to generate")] = 50_000,
+    events: Annotated[int, typer.Option(help="synthetic events to generate")] = 200_000,
     epochs: Annotated[int, typer.Option(help="training epochs")] = 3,
     model: Annotated[str, typer.Option(help="model name (see `mixrec models`)")] = "rankmixer",
     port: Annotated[int, typer.Option(help="HTTP port of the served endpoint (loopback)")] = 8000,

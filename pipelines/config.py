@@ -26,7 +26,7 @@ class DataConfig(_Section):
     """Synthetic CTR data (the embedded default dataset)."""
 
     source: Literal["synthetic"] = "synthetic"
-    num_events: int = Field(50_000, ge=100, description="labelled impressions to generate")
+    num_events: int = Field(200_000, ge=100, description="labelled impressions to generate")
     num_users: int = Field(2_000, ge=10)
     num_items: int = Field(1_000, ge=10)
     days: int = Field(14, ge=2, description="time span of the events; snapshots of user features are daily")

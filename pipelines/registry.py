@@ -32,7 +32,9 @@ def setup_tracking(tracking_uri: str, experiment: str, artifact_root: Path | Non
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        location = artifact_root.resolve().as_uri() if artifact_root else None
+        # A tracking server decides its artifact store (e.g. proxied S3); only the embedded mode names a folder.
+        remote = tracking_uri.startswith(("http://", "https://"))
+        location = artifact_root.resolve().as_uri() if artifact_root and not remote else None
         return client.create_experiment(experiment, artifact_location=location)
     return exp.experiment_id
 

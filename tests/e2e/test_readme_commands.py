@@ -63,7 +63,7 @@ def test_readme_commands_end_to_end(env, free_port):
 
     # 2. `mixrec run` with the sample config (smaller data through the same config file).
     small = Path(env["MIXREC_HOME"]) / "small.yaml"
-    small.write_text((REPO / "configs/demo.yaml").read_text().replace("num_events: 50000", "num_events: 3000")
+    small.write_text((REPO / "configs/demo.yaml").read_text().replace("num_events: 200000", "num_events: 3000")
                      .replace("epochs: 3", "epochs: 1"))
     assert "registered mixrec-ranker v2 (aliases: challenger)" in run([MIXREC, "run", str(small)], env).stdout
 
