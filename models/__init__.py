@@ -24,7 +24,6 @@ from .registry import (
     model_summary_table,
     register_model,
 )
-
 from .tokenmixer_large import TokenMixerLarge, TokenMixerLargeMoE
 from .unimixer import UniMixer, UniMixingLite
 from .wukong import Wukong

@@ -157,6 +157,10 @@ class RankingModel(nn.Module):
             y = labels.float().reshape(-1)
             for logit in self._aux_logits:
                 loss = loss + self._aux_logit_weight * F.binary_cross_entropy_with_logits(logit, y)
+        elif self._aux_logits:
+            # no labels: keep the auxiliary towers in the graph with zero weight (DDP needs every
+            # parameter to receive a gradient, even a zero one)
+            loss = loss + 0.0 * sum(logit.sum() for logit in self._aux_logits)
         return loss
 
     # ------------------------------------------------------------------ counts

@@ -31,9 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from .base import FeatureLayout, check
+from .mixing import token_mix
 from .moe import DTSIPerTokenMoE
 from .rankmixer import RankMixer
-from .mixing import token_mix
 
 
 class RankMixerMoEBlock(nn.Module):

@@ -8,7 +8,13 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from mixrec.models import FeatureLayout, available_models, build_model
-from mixrec.models.mixing import global_local_mix, log_sinkhorn, token_mix, token_mix_permutation, token_revert
+from mixrec.models.mixing import (
+    global_local_mix,
+    log_sinkhorn,
+    token_mix,
+    token_mix_permutation,
+    token_revert,
+)
 from mixrec.models.rankmixer import RankMixerBlock
 from mixrec.models.sizes import SIZES, size_kwargs
 from mixrec.models.tokenmixer_large import TokenMixerLargeBlock
