@@ -176,7 +176,7 @@ def promote(version: Annotated[str, typer.Argument(help="model version to make c
 
     cfg = _config(config, workspace)
     ws = Workspace.resolve(cfg.workspace)
-    setup_tracking(cfg.registry.tracking_uri or ws.mlflow_tracking_uri, cfg.registry.experiment, ws.mlflow_artifacts)
+    setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws)
     try:
         mv = promote_version(cfg.registry.model_name, version, reason=reason)
     except RegistryError as err:

@@ -7,6 +7,8 @@ URIs here (sqlite vs PostgreSQL tracking, sqlite vs Redis online store), never i
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -145,12 +147,24 @@ def parse_config(data: dict[str, Any] | None, source: str = "(dict)") -> Pipelin
         raise ConfigError(_format_errors(err, source)) from None
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(text: str, source: str) -> str:
+    """Replace ``${NAME}`` with the environment variable (secrets stay out of config files)."""
+    missing = sorted({m for m in _ENV_REF.findall(text) if m not in os.environ})
+    if missing:
+        raise ConfigError(f"config {source} refers to unset environment variable(s): {', '.join(missing)}")
+    return _ENV_REF.sub(lambda m: os.environ[m.group(1)], text)
+
+
 def load_config(path: str | Path) -> PipelineConfig:
+    """Load a YAML config; ``${NAME}`` references are filled from the environment."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(expand_env(path.read_text(), str(path)))
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if data is not None and not isinstance(data, dict):

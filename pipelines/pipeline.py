@@ -139,9 +139,8 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
     from . import registry
     from .train import train
 
-    tracking_uri = cfg.registry.tracking_uri or ws.mlflow_tracking_uri
-    experiment_id = registry.setup_tracking(tracking_uri, cfg.registry.experiment, ws.mlflow_artifacts)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"pipeline-{cfg.model.name}") as run:
+    tracking_uri = registry.setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws)
+    with mlflow.start_run(run_name=f"pipeline-{cfg.model.name}") as run:
         mlflow.log_params({"model.name": cfg.model.name, **{f"model.{k}": v for k, v in cfg.model.kwargs.items()},
                            **{f"train.{k}": v for k, v in cfg.train.model_dump().items()},
                            **{f"data.{k}": v for k, v in cfg.data.model_dump().items()}})

@@ -8,6 +8,7 @@ preprocessing artifact): it takes *raw* feature rows and returns click probabili
 from __future__ import annotations
 
 import getpass
+import os
 import shutil
 import tempfile
 import time
@@ -26,17 +27,26 @@ class RegistryError(RuntimeError):
     pass
 
 
-def setup_tracking(tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> str:
-    """Point MLflow at ``tracking_uri`` and make sure ``experiment`` exists; returns the experiment id."""
+def tracking_uri_for(configured: str | None, workspace) -> str:
+    """The config's ``registry.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the workspace's sqlite file."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or workspace.mlflow_tracking_uri
+
+
+def setup_tracking(configured_uri: str | None, experiment: str, workspace) -> str:
+    """Point MLflow at the tracking URI (see :func:`tracking_uri_for`) and make sure ``experiment`` exists;
+    returns the tracking URI in use."""
+    tracking_uri = tracking_uri_for(configured_uri, workspace)
+    artifact_root = workspace.mlflow_artifacts
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         # A tracking server decides its artifact store (e.g. proxied S3); only the embedded mode names a folder.
         remote = tracking_uri.startswith(("http://", "https://"))
-        location = artifact_root.resolve().as_uri() if artifact_root and not remote else None
-        return client.create_experiment(experiment, artifact_location=location)
-    return exp.experiment_id
+        location = artifact_root.resolve().as_uri() if not remote else None
+        client.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
+    return tracking_uri
 
 
 class MixrecRanker(mlflow.pyfunc.PythonModel):

@@ -38,8 +38,7 @@ def resolve_arms(model_name: str, weights: dict[str, float]) -> tuple[dict[str, 
 
 
 def serve_spec(cfg: PipelineConfig, ws: Workspace) -> ServeSpec:
-    tracking_uri = cfg.registry.tracking_uri or ws.mlflow_tracking_uri
-    setup_tracking(tracking_uri, cfg.registry.experiment, ws.mlflow_artifacts)
+    tracking_uri = setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws)
     arms, weights = resolve_arms(cfg.registry.model_name, cfg.serve.arms)
     return ServeSpec(model_name=cfg.registry.model_name, tracking_uri=tracking_uri, feast_repo=str(ws.feast_repo),
                      arms=arms, weights=weights, salt=cfg.serve.salt, max_candidates=cfg.serve.max_candidates,

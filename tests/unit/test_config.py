@@ -44,3 +44,13 @@ def test_missing_and_malformed_files(tmp_path):
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(scalar)
+
+
+def test_env_references_are_expanded_and_unset_ones_named(tmp_path, monkeypatch):
+    path = tmp_path / "team.yaml"
+    path.write_text("registry:\n  tracking_uri: http://${MIXREC_TEST_HOST}:5000\n")
+    monkeypatch.setenv("MIXREC_TEST_HOST", "mlflow")
+    assert load_config(path).registry.tracking_uri == "http://mlflow:5000"
+    monkeypatch.delenv("MIXREC_TEST_HOST")
+    with pytest.raises(ConfigError, match="MIXREC_TEST_HOST"):
+        load_config(path)
