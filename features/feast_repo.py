@@ -25,14 +25,14 @@ _FEAST_DTYPES = {"categorical": "Int64", "dense": "Float32"}
 
 
 def write_repo_config(repo_dir: Path, project: str, registry: str | dict[str, Any],
-                      online_store: dict[str, Any]) -> Path:
+                      online_store: dict[str, Any], offline_store: dict[str, Any] | None = None) -> Path:
     """Write ``feature_store.yaml``; the registry and online store blocks are Feast's own syntax."""
     repo_dir.mkdir(parents=True, exist_ok=True)
     config = {
         "project": project,
         "provider": "local",
         "registry": registry,
-        "offline_store": {"type": "file"},
+        "offline_store": offline_store or {"type": "file"},
         "online_store": online_store,
         "entity_key_serialization_version": 3,
     }

@@ -101,10 +101,11 @@ def generate(num_events: int, num_users: int, num_items: int, days: int, seed: i
     user_id = rng.choice(num_users, num_events, p=user_p / user_p.sum())
     item_id = rng.choice(num_items, num_events, p=item_p / item_p.sum())
     # Events start at noon of day 0 so every event is after the first daily snapshot (00:00).
-    # Microsecond resolution: Feast truncates nanoseconds, and its join deduplicates rows with equal keys+time.
-    seconds = np.floor(rng.uniform(12 * 3600, days * 86400, num_events) * 1e6) / 1e6
-    order = np.argsort(seconds, kind="stable")
-    user_id, item_id, seconds = user_id[order], item_id[order], seconds[order]
+    # Integer microseconds: Feast truncates nanoseconds, and its joins deduplicate rows with equal keys+time.
+    micros = np.floor(rng.uniform(12 * 3600, days * 86400, num_events) * 1e6).astype(np.int64)
+    order = np.argsort(micros, kind="stable")
+    user_id, item_id, micros = user_id[order], item_id[order], micros[order]
+    seconds = micros // 1_000_000
     day = (seconds // 86400).astype(np.int64)
     hour = ((seconds % 86400) // 3600).astype(np.int64)
     device = rng.integers(0, NUM_DEVICES, num_events)
@@ -114,7 +115,7 @@ def generate(num_events: int, num_users: int, num_items: int, days: int, seed: i
         "event_id": np.arange(num_events, dtype=np.int64),
         "user_id": user_id.astype(np.int64),
         "item_id": item_id.astype(np.int64),
-        "event_timestamp": START + pd.to_timedelta(seconds, unit="s"),
+        "event_timestamp": START + pd.to_timedelta(micros, unit="us"),
         "device": device.astype(np.int64),
         "hour": hour,
         "label": label,

@@ -43,6 +43,9 @@ class FeaturesConfig(_Section):
         None, description="Feast online_store block; default sqlite file in the workspace"
     )
     registry: str | dict[str, Any] | None = Field(None, description="Feast registry; default file in the workspace")
+    offline_store: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "file"},
+        description="Feast offline_store block: `file` (default) or the contrib `ray` store for data beyond one machine")
     ttl_days: int = Field(30, ge=1, description="feature view TTL: events older than this past a feature row are quarantined")
 
 

@@ -58,7 +58,7 @@ def feast_settings(cfg: PipelineConfig, ws: Workspace) -> tuple[str | dict, dict
 
 def setup_feature_store(cfg: PipelineConfig, ws: Workspace, schema: DatasetSchema, sources: dict[str, Path]):
     registry, online = feast_settings(cfg, ws)
-    feast_repo.write_repo_config(ws.feast_repo, cfg.features.project, registry, online)
+    feast_repo.write_repo_config(ws.feast_repo, cfg.features.project, registry, online, cfg.features.offline_store)
     store = feast_repo.open_store(ws.feast_repo)
     feast_repo.apply(store, feast_repo.build_definitions(schema, sources, cfg.features.ttl_days))
     return store
