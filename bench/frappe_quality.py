@@ -101,6 +101,9 @@ def run(name: str, data: dict, layout: FeatureLayout, args) -> dict:
     model = build_model(arch, layout, **kwargs)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     table = model.embedding.table.weight
+    if args.emb_init is not None:
+        with torch.no_grad():
+            table.normal_(std=args.emb_init)
     xtr, ytr = data["train_reconstructed"]
     n = len(xtr)
     best, best_state, bad, lr = -1.0, None, 0, args.lr
@@ -162,6 +165,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--emb-reg", type=float, default=None, help="override the per-model embedding L2")
+    p.add_argument("--emb-init", type=float, default=None, help="re-initialise the embedding table N(0, std²)")
     p.add_argument("--seed", type=int, default=2021)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results", default=None, help="append one JSON line per model here")

@@ -60,9 +60,10 @@ def start_serving(cfg: PipelineConfig, ray_address: str | None = None) -> str:
 
 
 def stop_serving() -> None:
+    """Shut Serve down entirely (controller and HTTP proxy), so a later start binds its own host and port."""
     from ray import serve
 
-    serve.delete(APP_NAME)
+    serve.shutdown()
 
 
 def app_from_args(args: dict):
