@@ -8,7 +8,6 @@ preprocessing artifact): it takes *raw* feature rows and returns click probabili
 from __future__ import annotations
 
 import getpass
-import os
 import shutil
 import tempfile
 import time
@@ -28,8 +27,12 @@ class RegistryError(RuntimeError):
 
 
 def tracking_uri_for(configured: str | None, workspace) -> str:
-    """The config's ``registry.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the workspace's sqlite file."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or workspace.mlflow_tracking_uri
+    """The config's ``registry.tracking_uri``, else the workspace's sqlite file.
+
+    Deliberately not ``$MLFLOW_TRACKING_URI``: MLflow 3's ``set_tracking_uri`` writes that variable, so it would
+    leak one pipeline's server into the next run in the same process. A config can say
+    ``tracking_uri: ${MLFLOW_TRACKING_URI}`` to take it from the environment explicitly."""
+    return configured or workspace.mlflow_tracking_uri
 
 
 def setup_tracking(configured_uri: str | None, experiment: str, workspace) -> str:
