@@ -103,9 +103,9 @@ def test_submitted_pipeline_trains_on_both_nodes_and_registers(cluster):
                           env=cluster["env"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job_id = proc.stdout.strip().splitlines()[-1]
-    jobs = subprocess.run([str(BIN / "mixrec"), "jobs", "status", job_id, "--address", cluster["address"]],
-                          env=cluster["env"], capture_output=True, text=True)
-    assert jobs.stdout.strip() == "SUCCEEDED"
+    assert _mixrec(cluster, "jobs", "status", job_id).stdout.strip() == "SUCCEEDED"
+    assert job_id in _mixrec(cluster, "jobs", "list").stdout
+    assert "registered cluster-ranker v1" in _mixrec(cluster, "jobs", "logs", job_id).stdout
 
     import mlflow
 
@@ -113,6 +113,25 @@ def test_submitted_pipeline_trains_on_both_nodes_and_registers(cluster):
     version = client.get_model_version_by_alias("cluster-ranker", "champion")
     run = client.get_run(version.run_id)
     assert run.data.metrics["num_nodes"] == 2, run.data.metrics
+
+
+def _mixrec(cluster, *args) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / "mixrec"), *args, "--address", cluster["address"]], env=cluster["env"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_a_running_job_can_be_stopped(cluster):
+    config = cluster["tmp"] / "long.yaml"
+    config.write_text(yaml.safe_dump({"workspace": str(cluster["tmp"] / "ws-long"), "train": {"epochs": 50},
+                                      "registry": {"tracking_uri": f"sqlite:///{cluster['tmp'] / 'long.db'}"}}))
+    job_id = _mixrec(cluster, "submit", str(config)).stdout.strip().splitlines()[-1]
+    assert _mixrec(cluster, "jobs", "stop", job_id).stdout.strip() in {"stopped", "not running"}
+    deadline = time.time() + 60
+    while time.time() < deadline and _mixrec(cluster, "jobs", "status", job_id).stdout.strip() != "STOPPED":
+        time.sleep(2)
+    assert _mixrec(cluster, "jobs", "status", job_id).stdout.strip() == "STOPPED"
 
 
 def test_wrong_token_is_refused(cluster):
