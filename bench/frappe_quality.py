@@ -95,6 +95,7 @@ def evaluate(model, cat, y, bs=16384):
 
 def run(name: str, data: dict, layout: FeatureLayout, args) -> dict:
     arch, kwargs, emb_reg = CONFIGS[name]
+    kwargs = {**kwargs, **json.loads(args.override)}
     if args.emb_reg is not None:
         emb_reg = args.emb_reg
     torch.manual_seed(args.seed)
@@ -166,6 +167,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--emb-reg", type=float, default=None, help="override the per-model embedding L2")
     p.add_argument("--emb-init", type=float, default=None, help="re-initialise the embedding table N(0, std²)")
+    p.add_argument("--override", default="{}", help="JSON dict of model kwargs overriding the preset")
     p.add_argument("--seed", type=int, default=2021)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results", default=None, help="append one JSON line per model here")

@@ -27,13 +27,19 @@ def _uniform_(t: Tensor, fan_in: int, scale: float = 1.0) -> Tensor:
 class FeatureEmbedding(nn.Module):
     """One fused table for all categorical fields (per-field offsets) + per-field dense embeddings.
 
-    Dense field j is embedded as ``value * w_j + b_j``.
+    Dense field j is embedded as ``value * w_j + b_j``. ``field_norm=True`` applies a LayerNorm over d to
+    every field embedding (per-field affine): scale-free inputs for models without BatchNorm (see
+    docs/models.md, "embedding_norm").
 
     Shapes: categorical [B, n_cat] int64, dense [B, n_dense] -> [B, F, d] with F = n_cat + n_dense.
     """
 
-    def __init__(self, layout: FeatureLayout, embedding_dim: int, init_std: float = 1e-4) -> None:
+    def __init__(self, layout: FeatureLayout, embedding_dim: int, init_std: float = 1e-4, field_norm: bool = False) -> None:
         super().__init__()
+        self.field_norm = field_norm
+        if field_norm:  # per-field LayerNorm over d with a per-field affine (F, d)
+            self.norm_weight = nn.Parameter(torch.ones(layout.num_fields, int(embedding_dim)))
+            self.norm_bias = nn.Parameter(torch.zeros(layout.num_fields, int(embedding_dim)))
         check(int(embedding_dim) >= 1, f"embedding_dim must be >= 1, got {embedding_dim}")
         self.layout = layout
         self.embedding_dim = d = int(embedding_dim)
@@ -60,7 +66,10 @@ class FeatureEmbedding(nn.Module):
             parts.append(self.table(categorical + self.offsets))
         if self.layout.n_dense:
             parts.append(dense.unsqueeze(-1) * self.dense_weight + self.dense_bias)
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        emb = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if self.field_norm:
+            emb = F.layer_norm(emb, (self.embedding_dim,)) * self.norm_weight + self.norm_bias
+        return emb
 
     def flops(self) -> int:
         return 0

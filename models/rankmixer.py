@@ -81,6 +81,7 @@ class RankMixer(RankingModel):
         ffn_ratio: float = 2,
         tower_dims: tuple[int, ...] = (64,),
         dropout: float = 0.0,
+        embedding_norm: bool = True,
         shared_projection: bool = False,
     ) -> None:
         super().__init__(layout)
@@ -94,7 +95,7 @@ class RankMixer(RankingModel):
         tower_dims = as_int_tuple("tower_dims", tower_dims) if tower_dims else ()
         self.T, self.D = num_tokens, d_model
         self.ffn_hidden = max(1, int(round(ffn_ratio * d_model)))
-        self.embedding = FeatureEmbedding(layout, embedding_dim)
+        self.embedding = FeatureEmbedding(layout, embedding_dim, field_norm=embedding_norm)
         self.tokenizer = ConcatTokenizer(layout.num_fields, embedding_dim, num_tokens, d_model, shared_projection)
         self.blocks = nn.ModuleList(self._make_block() for _ in range(num_layers))
         self.tower = Tower(d_model, tower_dims, dropout=dropout)

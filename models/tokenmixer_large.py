@@ -147,6 +147,7 @@ class TokenMixerLarge(RankingModel):
         pooling: str = "mean",
         tower_dims: tuple[int, ...] = (64,),
         dropout: float = 0.0,
+        embedding_norm: bool = True,
         num_experts: int = 1,
         top_k: int = 1,
         moe_alpha: float = 1.0,
@@ -176,7 +177,7 @@ class TokenMixerLarge(RankingModel):
         tower_dims = as_int_tuple("tower_dims", tower_dims) if tower_dims else ()
         self.T, self.D, self.L = num_tokens, d_model, num_layers
         self.pooling = pooling
-        self.embedding = FeatureEmbedding(layout, embedding_dim)
+        self.embedding = FeatureEmbedding(layout, embedding_dim, field_norm=embedding_norm)
         self.tokenizer = GroupTokenizer(layout.num_fields, embedding_dim, n_groups, d_model, global_token)
         self.blocks = nn.ModuleList(
             TokenMixerLargeBlock(num_tokens, d_model, num_heads, ffn_ratio, num_experts, top_k, moe_alpha,
@@ -248,6 +249,7 @@ class TokenMixerLargeMoE(TokenMixerLarge):
         pooling: str = "mean",
         tower_dims: tuple[int, ...] = (64,),
         dropout: float = 0.0,
+        embedding_norm: bool = True,
         num_experts: int = 4,
         top_k: int = 2,
         moe_alpha: float = 2.0,

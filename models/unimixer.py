@@ -169,6 +169,7 @@ class UniMixer(RankingModel):
         mixing_init_std: float = 1.0,
         tower_dims: tuple[int, ...] = (64,),
         dropout: float = 0.0,
+        embedding_norm: bool = True,
         shared_projection: bool = False,
         num_basis: int = 4,
         rank: int | None = None,
@@ -185,7 +186,7 @@ class UniMixer(RankingModel):
         tower_dims = as_int_tuple("tower_dims", tower_dims) if tower_dims else ()
         self.T, self.D = num_tokens, d_model
         self.tau_start, self.tau_end, self.tau_anneal_steps = float(tau_start), float(tau_end), int(tau_anneal_steps)
-        self.embedding = FeatureEmbedding(layout, embedding_dim)
+        self.embedding = FeatureEmbedding(layout, embedding_dim, field_norm=embedding_norm)
         self.tokenizer = ConcatTokenizer(layout.num_fields, embedding_dim, num_tokens, d_model, shared_projection)
         hidden = max(1, int(round(ffn_ratio * d_model)))
         mix_kw = dict(block_size=block_size, lite=self._lite, num_basis=num_basis, rank=rank,

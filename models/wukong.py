@@ -79,6 +79,7 @@ class Wukong(RankingModel):
         fmb_mlp_dims: tuple[int, ...] = (64,),
         top_mlp_dims: tuple[int, ...] = (64,),
         dropout: float = 0.0,
+        embedding_norm: bool = True,
     ) -> None:
         super().__init__(layout)
         self._store_config(locals())
@@ -89,7 +90,7 @@ class Wukong(RankingModel):
         check(fm_rank >= 1, f"fm_rank must be >= 1, got {fm_rank}")
         fmb_mlp_dims = as_int_tuple("fmb_mlp_dims", fmb_mlp_dims) if fmb_mlp_dims else ()
         top_mlp_dims = as_int_tuple("top_mlp_dims", top_mlp_dims) if top_mlp_dims else ()
-        self.embedding = FeatureEmbedding(layout, embedding_dim)
+        self.embedding = FeatureEmbedding(layout, embedding_dim, field_norm=embedding_norm)
         n_out = num_fm_embeddings + num_lcb_embeddings
         ns = [layout.num_fields] + [n_out] * (num_layers - 1)
         self.layers = nn.ModuleList(

@@ -160,7 +160,8 @@ def _train(model, steps, lr=1e-2, n=128):
 @pytest.mark.parametrize("target", [0.25, 0.5])
 def test_rankmixer_moe_routing_within_target_active_ratio(target):
     torch.manual_seed(0)
-    model = build_model("rankmixer_moe", LAYOUT, num_experts=4, target_active_ratio=target)
+    # embedding_norm=False: see the known limitation in rankmixer_moe.py's docstring
+    model = build_model("rankmixer_moe", LAYOUT, num_experts=4, target_active_ratio=target, embedding_norm=False)
     cat, dense, y = batch(128)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
