@@ -184,7 +184,7 @@ class TokenMixerLarge(RankingModel):
                                  down_init_scale, dropout)
             for _ in range(num_layers)
         )
-        r = inter_residual_every
+        r = self.inter_residual_every = int(inter_residual_every)
         self.residual_layers = [i for i in range(1, num_layers) if r and i % r == 0]  # 1-indexed, not last
         self.aux_towers = nn.ModuleDict(
             {str(i): Tower(d_model, tower_dims, dropout=dropout) for i in self.residual_layers}
@@ -206,7 +206,7 @@ class TokenMixerLarge(RankingModel):
             x = blk(x)
             masks.extend(blk.last_masks)
             if i in self.residual_layers:
-                x = x + outs[i - self._hparams["inter_residual_every"]]
+                x = x + outs[i - self.inter_residual_every]
                 if self.training and str(i) in self.aux_towers:
                     self._aux_logits.append(self.aux_towers[str(i)](self._pool(x)))
             outs.append(x)
