@@ -45,7 +45,10 @@ def stage_package(destination: Path) -> Path:
 def submit(config_path: Path, address: str, env: dict[str, str] | None = None,
            entrypoint_num_cpus: float = 0.0) -> str:
     """Submit ``mixrec run`` with this config as a Ray Job; returns the job id."""
+    from .pipeline import check_model_config
+
     cfg: PipelineConfig = load_config(config_path)  # reject a bad config before anything is shipped
+    check_model_config(cfg)
     env_vars = {"RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
     if cfg.registry.tracking_uri:
         env_vars.setdefault("MLFLOW_TRACKING_URI", cfg.registry.tracking_uri)

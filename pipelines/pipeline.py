@@ -18,7 +18,7 @@ from mixrec.features import feast_repo
 from mixrec.features.schema import SYNTHETIC_SCHEMA, DatasetSchema
 from mixrec.features.synthetic import generate, write_parquet_atomic, write_sources
 
-from .config import PipelineConfig
+from .config import ConfigError, PipelineConfig
 from .workspace import Workspace
 
 SPLIT_COLUMN = "split"
@@ -87,12 +87,25 @@ def assign_time_split(table: pa.Table, timestamp: str, valid_fraction: float, te
     return table.append_column(SPLIT_COLUMN, pa.array(split))
 
 
+def check_model_config(cfg: PipelineConfig, schema: DatasetSchema = SYNTHETIC_SCHEMA) -> None:
+    """Build the configured model on a schema-shaped layout: a bad name or keyword fails in a second, before
+    any data is generated or shipped, with the model's own message (which names the parameter)."""
+    from mixrec.models import FeatureLayout, build_model
+
+    layout = FeatureLayout(cardinalities=(2,) * len(schema.categorical), n_dense=len(schema.dense))
+    try:
+        build_model(cfg.model.name, layout, **cfg.model.kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"invalid model config (model.name={cfg.model.name!r}): {err}") from None
+
+
 def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[str], None] = print,
                  ray_address: str | None = None) -> PipelineResult:
     from .runtime import init_ray
 
-    ws = Workspace.resolve(cfg.workspace).create(fresh=fresh)
     schema = SYNTHETIC_SCHEMA
+    check_model_config(cfg, schema)
+    ws = Workspace.resolve(cfg.workspace).create(fresh=fresh)
     timer = StepTimer(progress)
     d = cfg.data
 

@@ -54,3 +54,13 @@ def test_env_references_are_expanded_and_unset_ones_named(tmp_path, monkeypatch)
     monkeypatch.delenv("MIXREC_TEST_HOST")
     with pytest.raises(ConfigError, match="MIXREC_TEST_HOST"):
         load_config(path)
+
+
+@pytest.mark.parametrize("model, match", [({"name": "nope"}, "unknown model 'nope'"),
+                                          ({"name": "rankmixer", "kwargs": {"d_model": 30, "num_tokens": 4}}, "d_model"),
+                                          ({"name": "dnn", "kwargs": {"bogus": 1}}, "bogus")])
+def test_bad_model_config_is_rejected_before_any_work(model, match):
+    from mixrec.pipelines.pipeline import check_model_config
+
+    with pytest.raises(ConfigError, match=match):
+        check_model_config(parse_config({"model": model}))
