@@ -8,6 +8,7 @@ and logs metrics to MLflow. A restarted worker group resumes from the latest che
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -113,7 +114,7 @@ def train_loop_per_worker(cfg: dict) -> None:
                    "train_samples_per_s": seen / max(train_seconds, 1e-9),
                    "valid_auc": valid["auc"], "valid_logloss": valid["logloss"],
                    "valid_calibration": valid["calibration"], "valid_rows": int(len(labels)),
-                   "num_nodes": len(set(nodes))}
+                   "num_nodes": len(set(nodes)), "worker_pid": os.getpid()}
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(Path(tmp), module, preprocessor)
@@ -121,7 +122,7 @@ def train_loop_per_worker(cfg: dict) -> None:
                 (Path(tmp) / "progress.json").write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
                 if client:
                     for key, value in metrics.items():
-                        if key != "epoch":
+                        if key not in ("epoch", "worker_pid"):
                             client.log_metric(cfg["mlflow_run_id"], key, float(value), step=epoch)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
@@ -136,8 +137,10 @@ class TrainOutcome:
 
 
 def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model_kwargs: dict, cfg: TrainConfig,
-          storage_path: Path, run_name: str, tracking_uri: str | None = None, mlflow_run_id: str | None = None
-          ) -> TrainOutcome:
+          storage_path: Path, run_name: str, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
+          callbacks: list | None = None) -> TrainOutcome:
+    """Fit with Ray Train; a failed worker group is restarted once and resumes from the latest checkpoint.
+    ``callbacks``: Ray Train ``UserCallback``s (run on the controller)."""
     from dataclasses import asdict
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -164,7 +167,7 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
             name=run_name, storage_path=str(storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="valid_auc",
                                                checkpoint_score_order="max"),
-            failure_config=FailureConfig(max_failures=1)),
+            failure_config=FailureConfig(max_failures=1), callbacks=callbacks or []),
         datasets={"train": train_ds, "valid": valid_ds},
     )
     t0 = time.perf_counter()
