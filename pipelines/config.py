@@ -77,6 +77,12 @@ class TrainConfig(_Section):
     batch_size: int = Field(512, ge=1)
     learning_rate: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
+    optimizer: Literal["adam", "adagrad", "rmsprop", "sgd"] = "adam"
+    embedding_optimizer: Literal["adam", "adagrad", "rmsprop", "sgd"] | None = Field(
+        None, description="optimizer of the embedding table (default: `optimizer`), e.g. adagrad as the papers do")
+    embedding_learning_rate: float | None = Field(None, gt=0.0, description="default: learning_rate")
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many epochs without a "
+                                                "better validation AUC; the best checkpoint is kept")
     seed: int = 0
 
 

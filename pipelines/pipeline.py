@@ -154,19 +154,25 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
 
     tracking_uri = registry.setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws)
     with mlflow.start_run(run_name=f"pipeline-{cfg.model.name}") as run:
-        mlflow.log_params({"model.name": cfg.model.name, **{f"model.{k}": v for k, v in cfg.model.kwargs.items()},
-                           **{f"train.{k}": v for k, v in cfg.train.model_dump().items()},
-                           **{f"data.{k}": v for k, v in cfg.data.model_dump().items()}})
+        mlflow.log_params({"model.name": cfg.model.name, **{f"data.{k}": v for k, v in cfg.data.model_dump().items()}})
         mlflow.log_dict(cfg.to_dict(), "config.json")
         mlflow.log_dict(suite, "validation/suite.json")
         mlflow.log_text(vresult.summary(), "validation/summary.txt")
         mlflow.log_metrics({f"rows_{k}": v for k, v in counts.items()})
 
-        with timer.step("train", f"Ray Train: {cfg.model.name} on {cfg.train.num_workers} worker(s), {cfg.train.epochs} epoch(s)"):
+        with (timer.step("train", f"Ray Train: {cfg.model.name} on {cfg.train.num_workers} worker(s), {cfg.train.epochs} epoch(s)"),
+              mlflow.start_run(run_name=f"train-{cfg.model.name}", nested=True) as train_run):
+            # One MLflow run per training, nested under the pipeline's run; rank 0 logs its per-epoch metrics.
+            mlflow.log_params({"model.name": cfg.model.name, **{f"model.{k}": v for k, v in cfg.model.kwargs.items()},
+                               **{f"train.{k}": v for k, v in cfg.train.model_dump().items()}})
             outcome = train(prepared["train"], prepared["valid"], preprocessor, cfg.model.name, cfg.model.kwargs,
-                            cfg.train, ws.ray_storage, run_name=f"train-{run.info.run_id}",
-                            tracking_uri=tracking_uri, mlflow_run_id=run.info.run_id)
+                            cfg.train, ws.ray_storage, run_name=f"train-{train_run.info.run_id}",
+                            tracking_uri=tracking_uri, mlflow_run_id=train_run.info.run_id, user_key=schema.user_key)
+            mlflow.log_artifacts(str(outcome.checkpoint_dir), "best_checkpoint")
             progress(f"    best validation AUC {outcome.metrics['valid_auc']:.4f}, logloss {outcome.metrics['valid_logloss']:.4f}")
+        # The pipeline run carries the best epoch's summary; the nested run has the per-epoch history.
+        mlflow.log_metrics({k: float(outcome.metrics[k]) for k in ("valid_auc", "valid_logloss", "valid_uauc", "num_nodes")
+                            if outcome.metrics[k] == outcome.metrics[k]})  # NaN-free
 
         with timer.step("register", "MLflow: evaluate on test, log and register the model"):
             test_metrics = evaluate_checkpoint(outcome.checkpoint_dir, prepared["test"])

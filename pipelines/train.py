@@ -31,17 +31,54 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
             "calibration": float(probs.mean() / observed) if observed > 0 else float("nan")}
 
 
-def _predict(module, shard, batch_size: int):
+def user_auc(users: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> float:
+    """Impression-weighted mean of per-user AUC over users with both outcomes (UAUC), vectorized:
+    per-user AUC from within-user ranks (Mann-Whitney U)."""
+    import pandas as pd
+
+    df = pd.DataFrame({"u": users, "y": labels.astype(np.float64), "p": probs})
+    df["rank_pos"] = df.groupby("u")["p"].rank() * df["y"]  # ranks of the positives, ties averaged
+    g = df.groupby("u").agg(n=("y", "size"), pos=("y", "sum"), rank_pos=("rank_pos", "sum"))
+    g = g[(g["pos"] > 0) & (g["pos"] < g["n"])]
+    if g.empty:
+        return float("nan")
+    neg = g["n"] - g["pos"]
+    auc = (g["rank_pos"] - g["pos"] * (g["pos"] + 1) / 2) / (g["pos"] * neg)
+    return float((auc * g["n"]).sum() / g["n"].sum())
+
+
+def _predict(module, shard, batch_size: int, user_column: int | None = None):
     import torch
 
-    labels, probs = [], []
+    labels, probs, users = [], [], []
     module.eval()
     with torch.no_grad():
         for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=_dtypes()):
             probs.append(torch.sigmoid(module(batch["categorical"], batch["dense"])).numpy())
             labels.append(batch["label"].numpy())
-    return (np.concatenate(labels) if labels else np.zeros(0, np.float32),
-            np.concatenate(probs) if probs else np.zeros(0, np.float32))
+            if user_column is not None:
+                users.append(batch["categorical"][:, user_column].numpy())
+    cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
+    return cat(labels, np.float32), cat(probs, np.float32), cat(users, np.int64)
+
+
+OPTIMIZERS = {"adam": "Adam", "adagrad": "Adagrad", "rmsprop": "RMSprop", "sgd": "SGD"}
+
+
+def build_optimizers(model, cfg: dict) -> dict:
+    """Two optimizers, as the papers train them: one for the embedding table (``embedding_*`` settings, e.g.
+    Adagrad) and one for the dense weights (e.g. Adam or RMSProp)."""
+    import torch
+
+    tables = [p for n, p in model.named_parameters() if n.endswith("embedding.table.weight")]
+    dense = [p for n, p in model.named_parameters() if not n.endswith("embedding.table.weight")]
+    make = lambda name, params, lr: getattr(torch.optim, OPTIMIZERS[name])(  # noqa: E731
+        params, lr=lr, weight_decay=cfg["weight_decay"])
+    groups = {"dense": make(cfg["optimizer"], dense, cfg["learning_rate"])}
+    if tables:
+        groups["embedding"] = make(cfg["embedding_optimizer"] or cfg["optimizer"], tables,
+                                   cfg["embedding_learning_rate"] or cfg["learning_rate"])
+    return groups
 
 
 def _dtypes():
@@ -70,14 +107,17 @@ def train_loop_per_worker(cfg: dict) -> None:
     preprocessor = Preprocessor.from_json(cfg["preprocessor"])
     layout = FeatureLayout(**cfg["layout"])
     model = build_model(cfg["model_name"], layout, **cfg["model_kwargs"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
-    start_epoch = 0
+    optimizers = build_optimizers(model, cfg)
+    start_epoch, best_auc, stale_epochs = 0, -1.0, 0
     resume = ray.train.get_checkpoint()
     if resume:
         with resume.as_directory() as d:
             model.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True))
-            optimizer.load_state_dict(torch.load(Path(d) / "optimizer.pt", map_location="cpu", weights_only=True))
-            start_epoch = json.loads((Path(d) / "progress.json").read_text())["epoch"] + 1
+            states = torch.load(Path(d) / "optimizer.pt", map_location="cpu", weights_only=True)
+            for name, opt in optimizers.items():
+                opt.load_state_dict(states[name])
+            progress = json.loads((Path(d) / "progress.json").read_text())
+            start_epoch, best_auc, stale_epochs = progress["epoch"] + 1, progress["best_auc"], progress["stale_epochs"]
     ddp_model = ray.train.torch.prepare_model(model)
     module = model  # unwrapped, for evaluation and saving
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -96,30 +136,38 @@ def train_loop_per_worker(cfg: dict) -> None:
         for batch in train_shard.iter_torch_batches(batch_size=cfg["batch_size"], dtypes=_dtypes(), prefetch_batches=2):
             logits = ddp_model(batch["categorical"], batch["dense"])
             loss = loss_fn(logits, batch["label"]) + module.auxiliary_loss()
-            optimizer.zero_grad(set_to_none=True)
+            for opt in optimizers.values():
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            for opt in optimizers.values():
+                opt.step()
             loss_sum += float(loss.detach())
             steps += 1
             seen += len(batch["label"])
         train_seconds = time.perf_counter() - t0
-        labels, probs = _predict(module, valid_shard, cfg["batch_size"] * 4)
+        labels, probs, users = _predict(module, valid_shard, cfg["batch_size"] * 4, cfg["user_column"])
         if distributed:
             gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, (labels, probs))
-            labels = np.concatenate([g[0] for g in gathered])
-            probs = np.concatenate([g[1] for g in gathered])
+            dist.all_gather_object(gathered, (labels, probs, users))
+            labels, probs, users = (np.concatenate([g[i] for g in gathered]) for i in range(3))
         valid = binary_metrics(labels, probs)
+        if cfg["user_column"] is not None:
+            known = users > 0  # id 0 pools every unknown user: no user of its own
+            valid["uauc"] = user_auc(users[known], labels[known], probs[known])
+        improved = valid["auc"] > best_auc
+        best_auc, stale_epochs = (valid["auc"], 0) if improved else (best_auc, stale_epochs + 1)
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1),
                    "train_samples_per_s": seen / max(train_seconds, 1e-9),
                    "valid_auc": valid["auc"], "valid_logloss": valid["logloss"],
-                   "valid_calibration": valid["calibration"], "valid_rows": int(len(labels)),
+                   "valid_calibration": valid["calibration"], "valid_uauc": valid.get("uauc", float("nan")),
+                   "valid_rows": int(len(labels)),
                    "num_nodes": len(set(nodes)), "worker_pid": os.getpid()}
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(Path(tmp), module, preprocessor)
-                torch.save(optimizer.state_dict(), Path(tmp) / "optimizer.pt")
-                (Path(tmp) / "progress.json").write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
+                torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, Path(tmp) / "optimizer.pt")
+                (Path(tmp) / "progress.json").write_text(json.dumps(
+                    {"epoch": epoch, "metrics": metrics, "best_auc": best_auc, "stale_epochs": stale_epochs}))
                 if client:
                     for key, value in metrics.items():
                         if key not in ("epoch", "worker_pid"):
@@ -127,6 +175,9 @@ def train_loop_per_worker(cfg: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
+        patience = cfg["early_stopping_patience"]
+        if patience is not None and stale_epochs >= patience:
+            break  # every rank sees the same gathered validation AUC, so all stop at the same epoch
 
 
 @dataclass
@@ -138,7 +189,7 @@ class TrainOutcome:
 
 def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model_kwargs: dict, cfg: TrainConfig,
           storage_path: Path, run_name: str, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
-          callbacks: list | None = None) -> TrainOutcome:
+          callbacks: list | None = None, user_key: str = "user_id") -> TrainOutcome:
     """Fit with Ray Train; a failed worker group is restarted once and resumes from the latest checkpoint.
     ``callbacks``: Ray Train ``UserCallback``s (run on the controller)."""
     from dataclasses import asdict
@@ -155,6 +206,9 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
         "preprocessor": preprocessor.to_json(), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
         "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "seed": cfg.seed,
         "torch_threads": max(1, int(cfg.cpus_per_worker)), "tracking_uri": tracking_uri,
+        "optimizer": cfg.optimizer, "embedding_optimizer": cfg.embedding_optimizer,
+        "embedding_learning_rate": cfg.embedding_learning_rate, "early_stopping_patience": cfg.early_stopping_patience,
+        "user_column": preprocessor.categorical.index(user_key) if user_key in preprocessor.categorical else None,
         "mlflow_run_id": mlflow_run_id,
     }
     trainer = TorchTrainer(

@@ -61,8 +61,11 @@ def test_registry_aliases_first_is_champion_second_is_challenger(served):
     assert resolve_alias("mixrec-ranker", CHAMPION) == "1"
     run = mlflow.get_run(served["second"].run_id)
     assert "valid_auc" in run.data.metrics and "test_auc" in run.data.metrics
-    history = mlflow.MlflowClient().get_metric_history(served["second"].run_id, "valid_auc")
-    assert len(history) == 1  # one point per epoch
+    (train_run,) = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{served['second'].run_id}'",
+                                      search_all_experiments=True, output_format="list")
+    history = mlflow.MlflowClient().get_metric_history(train_run.info.run_id, "valid_auc")
+    assert len(history) == 1  # the nested training run: one point per epoch
+    assert "train.num_workers" in train_run.data.params
 
 
 def test_two_users_in_different_arms_get_different_versions(served):
