@@ -239,6 +239,29 @@ def jobs_stop(job_id: str, address: AddressOpt) -> None:
 
 
 @app.command()
+def tune(study: Annotated[Path, typer.Argument(help="study YAML (see configs/study_demo.yaml)")],
+         resume: Annotated[bool, typer.Option("--resume", help="continue a stopped study: run only missing points")] = False
+         ) -> None:
+    """Scaling study: architectures x sizes as Ray Train trials under Ray Tune; power-law fits, plots, ROI pick."""
+    from mixrec.tuning.study import load_study, run_study
+
+    try:
+        spec = load_study(study)
+    except ConfigError as err:
+        _fail(str(err))
+    out = run_study(spec, resume=resume, progress=typer.echo)
+    for arch, fit in out["analysis"]["fits"].items():
+        for axis, f in fit.items():
+            typer.echo(f"{arch:<14} loss ~ C^-alpha vs {axis:<15} alpha={f['alpha']:.3f} "
+                       f"[{f['alpha_low']:.3f}, {f['alpha_high']:.3f}] ({f['points']} points) {f['note']}")
+    pick = out["analysis"]["roi_pick"]
+    if pick:
+        typer.echo(f"ROI pick (budget {out['analysis']['flops_budget']} FLOPs/example): {pick['id']} "
+                   f"logloss {pick['valid_logloss']:.4f}")
+    typer.echo(f"results, plots and fits: {out['out_dir']} (MLflow run {out['run_id']})")
+
+
+@app.command()
 def models() -> None:
     """The model zoo: name, parameters, MFLOPs per example at the default size."""
     from mixrec.models import model_summary_table

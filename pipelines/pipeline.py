@@ -99,14 +99,26 @@ def check_model_config(cfg: PipelineConfig, schema: DatasetSchema = SYNTHETIC_SC
         raise ConfigError(f"invalid model config (model.name={cfg.model.name!r}): {err}") from None
 
 
-def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[str], None] = print,
-                 ray_address: str | None = None) -> PipelineResult:
+@dataclass
+class PreparedData:
+    """What the data steps hand to training: preprocessed, materialized Ray Datasets per split."""
+
+    workspace: Workspace
+    schema: DatasetSchema
+    tables: object  # SyntheticTables
+    preprocessor: object  # Preprocessor
+    datasets: dict  # split -> Ray Dataset with categorical, dense, label
+    counts: dict
+    suite: dict
+    validation_summary: str
+
+
+def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_address: str | None = None) -> PreparedData:
+    """generate -> Feast (apply, point-in-time retrieval, materialize) -> Ray Data + GX -> preprocess."""
     from .runtime import init_ray
 
     schema = SYNTHETIC_SCHEMA
-    check_model_config(cfg, schema)
-    ws = Workspace.resolve(cfg.workspace).create(fresh=fresh)
-    timer = StepTimer(progress)
+    progress = timer.progress
     d = cfg.data
 
     with timer.step("generate", f"generate {d.num_events:,} synthetic events ({d.num_users:,} users, {d.num_items:,} items)"):
@@ -146,6 +158,17 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
         prepared = {name: ds.map_batches(preprocessor.transform_batch, batch_format="pandas").materialize()
                     for name, ds in splits.items()}
         counts.update({f"{name}_rows": ds.count() for name, ds in prepared.items()})
+    return PreparedData(workspace=ws, schema=schema, tables=tables, preprocessor=preprocessor, datasets=prepared,
+                        counts=counts, suite=suite, validation_summary=vresult.summary())
+
+
+def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[str], None] = print,
+                 ray_address: str | None = None) -> PipelineResult:
+    check_model_config(cfg)
+    ws = Workspace.resolve(cfg.workspace).create(fresh=fresh)
+    timer = StepTimer(progress)
+    data = prepare_data(cfg, ws, timer, ray_address)
+    schema, tables, preprocessor, prepared, counts = data.schema, data.tables, data.preprocessor, data.datasets, data.counts
 
     import mlflow
 
@@ -156,8 +179,8 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
     with mlflow.start_run(run_name=f"pipeline-{cfg.model.name}") as run:
         mlflow.log_params({"model.name": cfg.model.name, **{f"data.{k}": v for k, v in cfg.data.model_dump().items()}})
         mlflow.log_dict(cfg.to_dict(), "config.json")
-        mlflow.log_dict(suite, "validation/suite.json")
-        mlflow.log_text(vresult.summary(), "validation/summary.txt")
+        mlflow.log_dict(data.suite, "validation/suite.json")
+        mlflow.log_text(data.validation_summary, "validation/summary.txt")
         mlflow.log_metrics({f"rows_{k}": v for k, v in counts.items()})
 
         with (timer.step("train", f"Ray Train: {cfg.model.name} on {cfg.train.num_workers} worker(s), {cfg.train.epochs} epoch(s)"),

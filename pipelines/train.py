@@ -136,6 +136,8 @@ def train_loop_per_worker(cfg: dict) -> None:
         for batch in train_shard.iter_torch_batches(batch_size=cfg["batch_size"], dtypes=_dtypes(), prefetch_batches=2):
             logits = ddp_model(batch["categorical"], batch["dense"])
             loss = loss_fn(logits, batch["label"]) + module.auxiliary_loss()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training diverged: loss is {float(loss)} at epoch {epoch}, step {steps}")
             for opt in optimizers.values():
                 opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -189,7 +191,7 @@ class TrainOutcome:
 
 def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model_kwargs: dict, cfg: TrainConfig,
           storage_path: Path, run_name: str, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
-          callbacks: list | None = None, user_key: str = "user_id") -> TrainOutcome:
+          callbacks: list | None = None, user_key: str = "user_id", max_failures: int = 1) -> TrainOutcome:
     """Fit with Ray Train; a failed worker group is restarted once and resumes from the latest checkpoint.
     ``callbacks``: Ray Train ``UserCallback``s (run on the controller)."""
     from dataclasses import asdict
@@ -221,7 +223,7 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
             name=run_name, storage_path=str(storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="valid_auc",
                                                checkpoint_score_order="max"),
-            failure_config=FailureConfig(max_failures=1), callbacks=callbacks or []),
+            failure_config=FailureConfig(max_failures=max_failures), callbacks=callbacks or []),
         datasets={"train": train_ds, "valid": valid_ds},
     )
     t0 = time.perf_counter()
