@@ -185,8 +185,9 @@ def train_loop_per_worker(cfg: dict) -> None:
 @dataclass
 class TrainOutcome:
     checkpoint_dir: Path  # the best checkpoint (highest validation AUC)
-    metrics: dict
+    metrics: dict  # of the best checkpoint's epoch
     seconds: float
+    last_metrics: dict  # of the last epoch reported
 
 
 def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model_kwargs: dict, cfg: TrainConfig,
@@ -234,4 +235,5 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
         raise RuntimeError(f"training produced no checkpoint: {result.error}")
     checkpoint_dir = Path(best.path)
     progress = json.loads((checkpoint_dir / "progress.json").read_text())
-    return TrainOutcome(checkpoint_dir=checkpoint_dir, metrics=progress["metrics"], seconds=seconds)
+    return TrainOutcome(checkpoint_dir=checkpoint_dir, metrics=progress["metrics"], seconds=seconds,
+                        last_metrics=dict(result.metrics or progress["metrics"]))
