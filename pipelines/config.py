@@ -81,6 +81,9 @@ class TrainConfig(_Section):
     embedding_optimizer: Literal["adam", "adagrad", "rmsprop", "sgd"] | None = Field(
         None, description="optimizer of the embedding table (default: `optimizer`), e.g. adagrad as the papers do")
     embedding_learning_rate: float | None = Field(None, gt=0.0, description="default: learning_rate")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast matmuls (GPU, or CPU with AMX)")
+    compile: bool = Field(False, description="torch.compile the model for training (worth it on GPU)")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up; the scheduler is checkpointed")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many epochs without a "
                                                 "better validation AUC; the best checkpoint is kept")
     seed: int = 0

@@ -108,6 +108,9 @@ def train_loop_per_worker(cfg: dict) -> None:
     layout = FeatureLayout(**cfg["layout"])
     model = build_model(cfg["model_name"], layout, **cfg["model_kwargs"])
     optimizers = build_optimizers(model, cfg)
+    warmup = max(1, cfg["warmup_steps"])
+    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+                  for name, opt in optimizers.items()}
     start_epoch, best_auc, stale_epochs = 0, -1.0, 0
     resume = ray.train.get_checkpoint()
     if resume:
@@ -116,10 +119,14 @@ def train_loop_per_worker(cfg: dict) -> None:
             states = torch.load(Path(d) / "optimizer.pt", map_location="cpu", weights_only=True)
             for name, opt in optimizers.items():
                 opt.load_state_dict(states[name])
+                schedulers[name].load_state_dict(states[f"{name}_scheduler"])
             progress = json.loads((Path(d) / "progress.json").read_text())
             start_epoch, best_auc, stale_epochs = progress["epoch"] + 1, progress["best_auc"], progress["stale_epochs"]
     ddp_model = ray.train.torch.prepare_model(model)
     module = model  # unwrapped, for evaluation and saving
+    device_type = "cuda" if cfg["use_gpu"] else "cpu"
+    autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16")  # noqa: E731
+    forward = torch.compile(ddp_model) if cfg["compile"] else ddp_model
     loss_fn = torch.nn.BCEWithLogitsLoss()
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
@@ -134,8 +141,9 @@ def train_loop_per_worker(cfg: dict) -> None:
         ddp_model.train()
         t0, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
         for batch in train_shard.iter_torch_batches(batch_size=cfg["batch_size"], dtypes=_dtypes(), prefetch_batches=2):
-            logits = ddp_model(batch["categorical"], batch["dense"])
-            loss = loss_fn(logits, batch["label"]) + module.auxiliary_loss()
+            with autocast():
+                logits = forward(batch["categorical"], batch["dense"])
+                loss = loss_fn(logits.float(), batch["label"]) + module.auxiliary_loss()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training diverged: loss is {float(loss)} at epoch {epoch}, step {steps}")
             for opt in optimizers.values():
@@ -143,6 +151,8 @@ def train_loop_per_worker(cfg: dict) -> None:
             loss.backward()
             for opt in optimizers.values():
                 opt.step()
+            for scheduler in schedulers.values():
+                scheduler.step()
             loss_sum += float(loss.detach())
             steps += 1
             seen += len(batch["label"])
@@ -167,7 +177,9 @@ def train_loop_per_worker(cfg: dict) -> None:
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(Path(tmp), module, preprocessor)
-                torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, Path(tmp) / "optimizer.pt")
+                torch.save({**{name: opt.state_dict() for name, opt in optimizers.items()},
+                            **{f"{name}_scheduler": sch.state_dict() for name, sch in schedulers.items()}},
+                           Path(tmp) / "optimizer.pt")
                 (Path(tmp) / "progress.json").write_text(json.dumps(
                     {"epoch": epoch, "metrics": metrics, "best_auc": best_auc, "stale_epochs": stale_epochs}))
                 if client:
@@ -211,6 +223,7 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
         "torch_threads": max(1, int(cfg.cpus_per_worker)), "tracking_uri": tracking_uri,
         "optimizer": cfg.optimizer, "embedding_optimizer": cfg.embedding_optimizer,
         "embedding_learning_rate": cfg.embedding_learning_rate, "early_stopping_patience": cfg.early_stopping_patience,
+        "use_gpu": cfg.use_gpu, "precision": cfg.precision, "compile": cfg.compile, "warmup_steps": cfg.warmup_steps,
         "user_column": preprocessor.categorical.index(user_key) if user_key in preprocessor.categorical else None,
         "mlflow_run_id": mlflow_run_id,
     }

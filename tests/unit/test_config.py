@@ -15,9 +15,17 @@ def test_defaults_fit_two_cores():
     assert cfg.serve.host == "127.0.0.1"
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("study_")),
+                         ids=lambda p: p.name)
 def test_sample_configs_load(path):
     assert isinstance(load_config(path), PipelineConfig)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("study_*.yaml")), ids=lambda p: p.name)
+def test_sample_studies_load(path):
+    from mixrec.tuning.study import load_study, points
+
+    assert len(points(load_study(path))) >= 4
 
 
 def test_every_bad_field_is_named():
