@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from .config import PipelineConfig, load_config
@@ -43,7 +44,7 @@ def stage_package(destination: Path) -> Path:
 
 
 def submit(config_path: Path, address: str, env: dict[str, str] | None = None,
-           entrypoint_num_cpus: float = 0.0) -> str:
+           entrypoint_num_cpus: float = 0.0, agent_wait_s: float = 120.0) -> str:
     """Submit ``mixrec run`` with this config as a Ray Job; returns the job id."""
     from .pipeline import check_model_config
 
@@ -59,15 +60,23 @@ def submit(config_path: Path, address: str, env: dict[str, str] | None = None,
         package = stage_package(Path(tmp) / "code")
         runtime_env = {"working_dir": str(workdir), "py_modules": [str(package)], "excludes": EXCLUDES,
                        "env_vars": env_vars}
-        return client(address).submit_job(
-            entrypoint=f"python -m mixrec.pipelines.cli run {CONFIG_NAME}", runtime_env=runtime_env,
-            entrypoint_num_cpus=entrypoint_num_cpus, metadata={"mixrec_config": Path(config_path).name})
+        jobs_client = client(address)
+        deadline = time.time() + agent_wait_s
+        while True:
+            try:
+                return jobs_client.submit_job(
+                    entrypoint=f"python -m mixrec.pipelines.cli run {CONFIG_NAME}", runtime_env=runtime_env,
+                    entrypoint_num_cpus=entrypoint_num_cpus, metadata={"mixrec_config": Path(config_path).name})
+            except RuntimeError as err:
+                # A cluster that just started answers "No available agent to submit job, please try again
+                # later" until its job agents have registered: retry that, and only that, for a while.
+                if "try again later" not in str(err) or time.time() > deadline:
+                    raise
+                time.sleep(2)
 
 
 def wait(address: str, job_id: str, timeout_s: float = 3600, progress=None) -> str:
     """Poll until the job ends; returns its final status."""
-    import time
-
     deadline, last = time.time() + timeout_s, None
     while time.time() < deadline:
         current = status(address, job_id)

@@ -46,6 +46,12 @@ def cluster(tmp_path_factory, free_port):
     # must not share runtime_resources, or one node's cache cleanup deletes the other's job files.
     head_tmp, worker_tmp = (tempfile.mkdtemp(prefix=p, dir="/tmp") for p in ("rh", "rw"))
     common = ["--num-cpus=2", "--node-ip-address=127.0.0.1", "--block", "--disable-usage-stats"]
+
+    def own_ports() -> list[str]:
+        # Each node's agents on free ports: the defaults (e.g. 52365 for the job agent) collide with any
+        # other Ray instance on this host, and a head without its job agent refuses every submission.
+        return [f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                       "runtime-env-agent-port", "metrics-export-port")]
     procs: list[subprocess.Popen] = []
     logs = []
     try:
@@ -54,7 +60,7 @@ def cluster(tmp_path_factory, free_port):
                            ("worker", [f"--address=127.0.0.1:{gcs_port}", f"--temp-dir={worker_tmp}"])):
             log = open(tmp / f"{name}.log", "w")
             logs.append(log)
-            procs.append(subprocess.Popen([str(BIN / "ray"), "start", *args, *common], env=env, stdout=log,
+            procs.append(subprocess.Popen([str(BIN / "ray"), "start", *args, *common, *own_ports()], env=env, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True))
             if name == "head":
                 _wait_for(lambda: httpx.get(f"http://127.0.0.1:{dash_port}/api/version", timeout=2).status_code < 500,
