@@ -143,7 +143,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         for batch in train_shard.iter_torch_batches(batch_size=cfg["batch_size"], dtypes=_dtypes(), prefetch_batches=2):
             with autocast():
                 logits = forward(batch["categorical"], batch["dense"])
-                loss = loss_fn(logits.float(), batch["label"]) + module.auxiliary_loss()
+                loss = loss_fn(logits.float(), batch["label"]) + module.auxiliary_loss(batch["label"])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training diverged: loss is {float(loss)} at epoch {epoch}, step {steps}")
             for opt in optimizers.values():

@@ -29,12 +29,14 @@ def prepared(ray_session):
                  for name, d in (("train", train_ds), ("valid", valid_ds))}
 
 
-@pytest.mark.parametrize("model_name, precision", [("unimixer", "fp32"), ("rankmixer_moe", "bf16")])
+@pytest.mark.parametrize("model_name, precision", [("unimixer", "fp32"), ("rankmixer_moe", "bf16"),
+                                                   ("tokenmixer_large", "fp32")])
 def test_zoo_model_trains_with_ray_train_and_reloads(prepared, model_name, precision, tmp_path):
     pre, data = prepared
     cfg = TrainConfig(num_workers=2, epochs=1, batch_size=128, precision=precision, warmup_steps=5,
                       optimizer="adam", embedding_optimizer="adagrad", embedding_learning_rate=0.02)
-    outcome = train(data["train"], data["valid"], pre, model_name, {}, cfg, tmp_path, run_name=f"zoo-{model_name}")
+    kwargs = {"num_layers": 4} if model_name == "tokenmixer_large" else {}  # 4 blocks: aux towers, which need labels
+    outcome = train(data["train"], data["valid"], pre, model_name, kwargs, cfg, tmp_path, run_name=f"zoo-{model_name}")
     assert 0.0 <= outcome.metrics["valid_auc"] <= 1.0 and outcome.metrics["valid_rows"] > 0
     model, loaded_pre, spec = load_checkpoint(outcome.checkpoint_dir)
     assert spec["name"] == model_name and loaded_pre.layout() == pre.layout()
