@@ -49,7 +49,7 @@ def open_store(repo_dir: Path):
     return FeatureStore(repo_path=str(repo_dir))
 
 
-def _feature_view(name: str, entity, key: str, fields, source_path: Path, ttl: timedelta):
+def _feature_view(name: str, entity, fields, source_path: Path, ttl: timedelta):
     from feast import FeatureView, Field, FileSource
     from feast.types import Float32, Int64
 
@@ -67,8 +67,8 @@ def build_definitions(schema: DatasetSchema, sources: dict[str, Path], ttl_days:
     ttl = timedelta(days=ttl_days)
     user = Entity(name="user", join_keys=[schema.user_key], value_type=ValueType.INT64)
     item = Entity(name="item", join_keys=[schema.item_key], value_type=ValueType.INT64)
-    user_fv = _feature_view("user_features", user, schema.user_key, schema.from_source("user"), sources["users"], ttl)
-    item_fv = _feature_view("item_features", item, schema.item_key, schema.from_source("item"), sources["items"], ttl)
+    user_fv = _feature_view("user_features", user, schema.from_source("user"), sources["users"], ttl)
+    item_fv = _feature_view("item_features", item, schema.from_source("item"), sources["items"], ttl)
     service = FeatureService(name=FEATURE_SERVICE, features=[user_fv, item_fv])
     return [user, item, user_fv, item_fv, service]
 

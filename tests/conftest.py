@@ -34,6 +34,27 @@ def ray_session():
     ray.shutdown()
 
 
+def _tiny_training_data(ray, num_events: int, seed: int):
+    """Tiny synthetic rows -> (preprocessor, {"train", "valid"} prepared Ray Datasets), for Train-level tests."""
+    from mixrec.features.schema import SYNTHETIC_SCHEMA as schema
+    from mixrec.features.synthetic import generate
+    from mixrec.pipelines.preprocess import fit_preprocessor
+
+    t = generate(num_events=num_events, num_users=100, num_items=60, days=3, seed=seed)
+    rows = t.events.merge(t.users.drop_duplicates("user_id"), on="user_id", suffixes=("", "_u")).merge(
+        t.items, on="item_id", suffixes=("", "_i"))
+    train_ds, valid_ds = ray.data.from_pandas(rows[list(schema.required_columns)]).split_proportionately([0.8])
+    pre = fit_preprocessor(train_ds, schema, min_count=1, clip_sigma=5.0)
+    return pre, {name: d.map_batches(pre.transform_batch, batch_format="pandas").materialize()
+                 for name, d in (("train", train_ds), ("valid", valid_ds))}
+
+
+@pytest.fixture(scope="session")
+def tiny_training_data():
+    """A function: (ray, num_events, seed) -> (preprocessor, {"train", "valid"} prepared Ray Datasets)."""
+    return _tiny_training_data
+
+
 def pytest_collection_modifyitems(items):
     """README-command tests first: each starts its own Ray, so they run before the in-process instance."""
     items.sort(key=lambda item: 0 if "/e2e/" in str(item.path) else 1)

@@ -10,23 +10,15 @@ import signal
 import pytest
 from ray.train import UserCallback
 
-from mixrec.features.schema import SYNTHETIC_SCHEMA as SCHEMA
-from mixrec.features.synthetic import generate
 from mixrec.pipelines.config import TrainConfig
-from mixrec.pipelines.preprocess import fit_preprocessor
 from mixrec.pipelines.train import train
 
 pytestmark = pytest.mark.integration
 
 
-def test_killed_worker_is_replaced_and_training_resumes(ray_session, tmp_path):
-    t = generate(num_events=6000, num_users=100, num_items=60, days=3, seed=17)
-    rows = t.events.merge(t.users.drop_duplicates("user_id"), on="user_id", suffixes=("", "_u")).merge(
-        t.items, on="item_id", suffixes=("", "_i"))
-    ds = ray_session.data.from_pandas(rows[list(SCHEMA.required_columns)])
-    train_ds, valid_ds = ds.split_proportionately([0.8])
-    pre = fit_preprocessor(train_ds, SCHEMA, min_count=1, clip_sigma=5.0)
-    data = [d.map_batches(pre.transform_batch, batch_format="pandas").materialize() for d in (train_ds, valid_ds)]
+def test_killed_worker_is_replaced_and_training_resumes(ray_session, tiny_training_data, tmp_path):
+    pre, prepared = tiny_training_data(ray_session, num_events=6000, seed=17)
+    data = [prepared["train"], prepared["valid"]]
     cfg = TrainConfig(num_workers=2, epochs=3, batch_size=128, seed=3)
 
     class KillWorkerAfterFirstEpoch(UserCallback):  # defined here: cloudpickle ships it by value

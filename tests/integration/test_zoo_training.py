@@ -7,26 +7,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixrec.features.schema import SYNTHETIC_SCHEMA as SCHEMA
-from mixrec.features.synthetic import generate
 from mixrec.pipelines.checkpoint import load_checkpoint
 from mixrec.pipelines.config import TrainConfig
-from mixrec.pipelines.preprocess import fit_preprocessor
 from mixrec.pipelines.train import train
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def prepared(ray_session):
-    t = generate(num_events=3000, num_users=100, num_items=60, days=3, seed=13)
-    rows = t.events.merge(t.users.drop_duplicates("user_id"), on="user_id", suffixes=("", "_u")).merge(
-        t.items, on="item_id", suffixes=("", "_i"))
-    ds = ray_session.data.from_pandas(rows[list(SCHEMA.required_columns)])
-    train_ds, valid_ds = ds.split_proportionately([0.8])
-    pre = fit_preprocessor(train_ds, SCHEMA, min_count=1, clip_sigma=5.0)
-    return pre, {name: d.map_batches(pre.transform_batch, batch_format="pandas").materialize()
-                 for name, d in (("train", train_ds), ("valid", valid_ds))}
+def prepared(ray_session, tiny_training_data):
+    return tiny_training_data(ray_session, num_events=3000, seed=13)
 
 
 @pytest.mark.parametrize("model_name, precision", [("unimixer", "fp32"), ("rankmixer_moe", "bf16"),
