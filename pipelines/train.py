@@ -1,8 +1,11 @@
 """Training with Ray Train: a ``TorchTrainer`` (DDP over gloo on CPU, NCCL on GPU) reading Ray Dataset shards.
 
 Every epoch: train on the worker's shard, score the validation shard, gather predictions across workers,
-report validation AUC and logloss; rank 0 writes a checkpoint (weights + model spec + preprocessing artifact)
-and logs metrics to MLflow. A restarted worker group resumes from the latest checkpoint.
+report validation AUC and logloss; rank 0 writes a checkpoint (weights + model spec + preprocessing artifact,
+optimizers and schedulers, position) and logs metrics to MLflow. With ``checkpoint_every_steps`` rank 0 also
+checkpoints every N steps inside an epoch. A restarted worker group resumes from the latest checkpoint: the
+epoch it was in, skipping the batches already trained on (the shard's order is Ray Data's streaming order, so
+the skipped batches are the same rows only when that order is deterministic; the count is exact either way).
 """
 
 from __future__ import annotations
@@ -111,7 +114,8 @@ def train_loop_per_worker(cfg: dict) -> None:
     warmup = max(1, cfg["warmup_steps"])
     schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
                   for name, opt in optimizers.items()}
-    start_epoch, best_auc, stale_epochs = 0, -1.0, 0
+    # Position: `epoch` with `step` batches of it done (step 0: the epoch starts from its beginning).
+    start_epoch, skip_steps, best_auc, stale_epochs = 0, 0, -1.0, 0
     resume = ray.train.get_checkpoint()
     if resume:
         with resume.as_directory() as d:
@@ -121,7 +125,8 @@ def train_loop_per_worker(cfg: dict) -> None:
                 opt.load_state_dict(states[name])
                 schedulers[name].load_state_dict(states[f"{name}_scheduler"])
             progress = json.loads((Path(d) / "progress.json").read_text())
-            start_epoch, best_auc, stale_epochs = progress["epoch"] + 1, progress["best_auc"], progress["stale_epochs"]
+        start_epoch, skip_steps = progress["next_epoch"], progress["next_step"]
+        best_auc, stale_epochs = progress["best_auc"], progress["stale_epochs"]
     ddp_model = ray.train.torch.prepare_model(model)
     module = model  # unwrapped, for evaluation and saving
     device_type = "cuda" if cfg["use_gpu"] else "cpu"
@@ -137,10 +142,31 @@ def train_loop_per_worker(cfg: dict) -> None:
         nodes = [None] * dist.get_world_size()
         dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
 
+    def save_and_report(metrics: dict, next_epoch: int, next_step: int) -> None:
+        """Rank 0 writes the checkpoint (weights, spec, preprocessing, optimizers + schedulers, position);
+        every rank reports, as Ray Train requires."""
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(Path(tmp), module, preprocessor)
+            torch.save({**{name: opt.state_dict() for name, opt in optimizers.items()},
+                        **{f"{name}_scheduler": sch.state_dict() for name, sch in schedulers.items()}},
+                       Path(tmp) / "optimizer.pt")
+            (Path(tmp) / "progress.json").write_text(json.dumps(
+                {"next_epoch": next_epoch, "next_step": next_step, "metrics": metrics,
+                 "best_auc": best_auc, "stale_epochs": stale_epochs}))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    every = cfg["checkpoint_every_steps"]
     for epoch in range(start_epoch, cfg["epochs"]):
         ddp_model.train()
         t0, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
-        for batch in train_shard.iter_torch_batches(batch_size=cfg["batch_size"], dtypes=_dtypes(), prefetch_batches=2):
+        batches = train_shard.iter_torch_batches(batch_size=cfg["batch_size"], dtypes=_dtypes(), prefetch_batches=2)
+        for batch in batches:
+            if steps < skip_steps:  # resuming mid-epoch: these batches were trained on before the failure
+                steps += 1
+                continue
             with autocast():
                 logits = forward(batch["categorical"], batch["dense"])
                 loss = loss_fn(logits.float(), batch["label"]) + module.auxiliary_loss(batch["label"])
@@ -156,6 +182,13 @@ def train_loop_per_worker(cfg: dict) -> None:
             loss_sum += float(loss.detach())
             steps += 1
             seen += len(batch["label"])
+            if every and steps % every == 0:
+                # Not a validation point: valid_auc NaN ranks it below every evaluated checkpoint, while Ray
+                # Train always keeps (and resumes from) the latest checkpoint.
+                save_and_report({"epoch": epoch, "step": steps, "valid_auc": float("nan"),
+                                 "train_loss": loss_sum / max(steps - skip_steps, 1), "worker_pid": os.getpid()},
+                                next_epoch=epoch, next_step=steps)
+        resumed_from_step, skip_steps = skip_steps, 0
         train_seconds = time.perf_counter() - t0
         labels, probs, users = _predict(module, valid_shard, cfg["batch_size"] * 4, cfg["user_column"])
         if distributed:
@@ -168,27 +201,18 @@ def train_loop_per_worker(cfg: dict) -> None:
             valid["uauc"] = user_auc(users[known], labels[known], probs[known])
         improved = valid["auc"] > best_auc
         best_auc, stale_epochs = (valid["auc"], 0) if improved else (best_auc, stale_epochs + 1)
-        metrics = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1),
+        metrics = {"epoch": epoch, "step": steps, "resumed_from_step": resumed_from_step,
+                   "train_loss": loss_sum / max(steps - resumed_from_step, 1),
                    "train_samples_per_s": seen / max(train_seconds, 1e-9),
                    "valid_auc": valid["auc"], "valid_logloss": valid["logloss"],
                    "valid_calibration": valid["calibration"], "valid_uauc": valid.get("uauc", float("nan")),
                    "valid_rows": int(len(labels)),
                    "num_nodes": len(set(nodes)), "worker_pid": os.getpid()}
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(Path(tmp), module, preprocessor)
-                torch.save({**{name: opt.state_dict() for name, opt in optimizers.items()},
-                            **{f"{name}_scheduler": sch.state_dict() for name, sch in schedulers.items()}},
-                           Path(tmp) / "optimizer.pt")
-                (Path(tmp) / "progress.json").write_text(json.dumps(
-                    {"epoch": epoch, "metrics": metrics, "best_auc": best_auc, "stale_epochs": stale_epochs}))
-                if client:
-                    for key, value in metrics.items():
-                        if key not in ("epoch", "worker_pid"):
-                            client.log_metric(cfg["mlflow_run_id"], key, float(value), step=epoch)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+        if client:
+            for key, value in metrics.items():
+                if key not in ("epoch", "worker_pid", "step", "resumed_from_step"):
+                    client.log_metric(cfg["mlflow_run_id"], key, float(value), step=epoch)
+        save_and_report(metrics, next_epoch=epoch + 1, next_step=0)
         patience = cfg["early_stopping_patience"]
         if patience is not None and stale_epochs >= patience:
             break  # every rank sees the same gathered validation AUC, so all stop at the same epoch
@@ -225,7 +249,7 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
         "embedding_learning_rate": cfg.embedding_learning_rate, "early_stopping_patience": cfg.early_stopping_patience,
         "use_gpu": cfg.use_gpu, "precision": cfg.precision, "compile": cfg.compile, "warmup_steps": cfg.warmup_steps,
         "user_column": preprocessor.categorical.index(user_key) if user_key in preprocessor.categorical else None,
-        "mlflow_run_id": mlflow_run_id,
+        "mlflow_run_id": mlflow_run_id, "checkpoint_every_steps": cfg.checkpoint_every_steps,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
