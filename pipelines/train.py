@@ -66,6 +66,7 @@ def _predict(module, shard, batch_size: int, user_column: int | None = None):
 
 
 OPTIMIZERS = {"adam": "Adam", "adagrad": "Adagrad", "rmsprop": "RMSprop", "sgd": "SGD"}
+FUSED = {"adam", "adagrad", "sgd"}
 
 
 def build_optimizers(model, cfg: dict) -> dict:
@@ -75,8 +76,11 @@ def build_optimizers(model, cfg: dict) -> dict:
 
     tables = [p for n, p in model.named_parameters() if n.endswith("embedding.table.weight")]
     dense = [p for n, p in model.named_parameters() if not n.endswith("embedding.table.weight")]
-    make = lambda name, params, lr: getattr(torch.optim, OPTIMIZERS[name])(  # noqa: E731
-        params, lr=lr, weight_decay=cfg["weight_decay"])
+    def make(name: str, params: list, lr: float):
+        # fused: one kernel over all tensors instead of a loop per parameter (CPU and GPU; not for RMSprop)
+        extra = {"fused": True} if name in FUSED else {}
+        return getattr(torch.optim, OPTIMIZERS[name])(params, lr=lr, weight_decay=cfg["weight_decay"], **extra)
+
     groups = {"dense": make(cfg["optimizer"], dense, cfg["learning_rate"])}
     if tables:
         groups["embedding"] = make(cfg["embedding_optimizer"] or cfg["optimizer"], tables,
