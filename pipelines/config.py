@@ -86,6 +86,8 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up; the scheduler is checkpointed")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many epochs without a "
                                                 "better validation AUC; the best checkpoint is kept")
+    log_checkpoints: Literal["best", "every_epoch"] = Field(
+        "best", description="MLflow artifacts: the best checkpoint only, or also every epoch's (from rank 0)")
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="also checkpoint every N optimizer steps inside an epoch (model, optimizers, "
         "schedulers, data position), so a failed worker group resumes mid-epoch; default: at epoch ends only")

@@ -160,6 +160,8 @@ def train_loop_per_worker(cfg: dict) -> None:
             (Path(tmp) / "progress.json").write_text(json.dumps(
                 {"next_epoch": next_epoch, "next_step": next_step, "metrics": metrics,
                  "best_auc": best_auc, "stale_epochs": stale_epochs}))
+            if client and next_step == 0 and cfg["log_checkpoints"] == "every_epoch":
+                client.log_artifacts(cfg["mlflow_run_id"], tmp, f"checkpoints/epoch-{next_epoch - 1:03d}")
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     every = cfg["checkpoint_every_steps"]
@@ -254,6 +256,7 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
         "use_gpu": cfg.use_gpu, "precision": cfg.precision, "compile": cfg.compile, "warmup_steps": cfg.warmup_steps,
         "user_column": preprocessor.categorical.index(user_key) if user_key in preprocessor.categorical else None,
         "mlflow_run_id": mlflow_run_id, "checkpoint_every_steps": cfg.checkpoint_every_steps,
+        "log_checkpoints": cfg.log_checkpoints,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
