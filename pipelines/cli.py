@@ -206,6 +206,7 @@ def query(user: Annotated[int | None, typer.Option(help="user id")] = None,
           url: Annotated[str | None, typer.Option(help="endpoint base URL (default: the one `mixrec serve` started)")] = None,
           token_env: Annotated[str, typer.Option(help="environment variable with the bearer token, sent when set")]
           = "MIXREC_SERVE_TOKEN",
+          timeout: Annotated[float, typer.Option(help="seconds to wait for each response")] = 120.0,
           workspace: WorkspaceOpt = None) -> None:
     """Rank items through the served endpoint: one user (--user, --items; prints the JSON response) or a batch
     (--file; prints {"line", "status", "response"} as one JSON line per request). Exit 1 if any request failed."""
@@ -220,7 +221,7 @@ def query(user: Annotated[int | None, typer.Option(help="user id")] = None,
         requests = _read_requests(file)
     base = _served_url(url, workspace)
     failed = 0
-    with httpx.Client(base_url=base, timeout=30, headers=_auth_headers(token_env)) as client:
+    with httpx.Client(base_url=base, timeout=timeout, headers=_auth_headers(token_env)) as client:
         for n, request in enumerate(requests, start=1):
             try:
                 r = client.post("/rank", json=request)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.specs.openapi.checks import not_a_server_error
+from schemathesis.checks import not_a_server_error
 
 pytestmark = pytest.mark.integration
 
