@@ -76,8 +76,10 @@ def _record_state(ws: Workspace, url: str, spec: ServeSpec) -> None:
     """serve.json: what `mixrec query` and `mixrec ab set-weights` need to find the running app."""
     import ray
 
+    # Ray 2.60 turns token auth on for a new local cluster (token in ~/.ray/auth_token) but not for a process
+    # joining by explicit address: whoever joins must set the same mode, so it is recorded here.
     state = {"url": url, "arms": spec.arms, "weights": spec.weights,
-             "ray_address": ray.get_runtime_context().gcs_address}
+             "ray_address": ray.get_runtime_context().gcs_address, "ray_auth_mode": os.environ.get("RAY_AUTH_MODE")}
     tmp = ws.serve_state.with_name(f".{ws.serve_state.name}.tmp")
     tmp.write_text(json.dumps(state))
     tmp.replace(ws.serve_state)
@@ -103,7 +105,10 @@ def set_weights(cfg: PipelineConfig, weights: dict[str, float], ray_address: str
     one recorded in the workspace's serve.json, else the current/local one)."""
     ws = Workspace.resolve(cfg.workspace)
     if ray_address is None and ws.serve_state.exists():
-        ray_address = json.loads(ws.serve_state.read_text()).get("ray_address")
+        state = json.loads(ws.serve_state.read_text())
+        ray_address = state.get("ray_address")
+        if state.get("ray_auth_mode"):
+            os.environ.setdefault("RAY_AUTH_MODE", state["ray_auth_mode"])
     data = cfg.to_dict()
     data["serve"]["arms"] = dict(weights)
     updated = parse_config(data, "(ab set-weights)")
