@@ -237,6 +237,19 @@ def query(user: Annotated[int | None, typer.Option(help="user id")] = None,
         raise typer.Exit(1)
 
 
+def _join_serving_auth_mode(cfg: PipelineConfig) -> None:
+    """Ray 2.60 enables token auth on a new local cluster but not in a process that joins it by address, and
+    reads the mode once, when ray is imported: so set it from serve.json before anything imports ray."""
+    import os
+
+    from .workspace import Workspace
+
+    state = Workspace.resolve(cfg.workspace).serve_state
+    mode = json.loads(state.read_text()).get("ray_auth_mode") if state.exists() else None
+    if mode:
+        os.environ.setdefault("RAY_AUTH_MODE", mode)
+
+
 ab_app = typer.Typer(no_args_is_help=True, help="The served A/B test: change arms and weights live.")
 app.add_typer(ab_app, name="ab")
 
@@ -247,7 +260,6 @@ def ab_set_weights(weights: Annotated[list[str], typer.Argument(help="ALIAS=WEIG
     """Change the served arms and weights live (no dropped requests): aliases are resolved again, the splitter
     is reconfigured, rankers of unchanged versions keep running. An alias left out gets no traffic."""
     from mixrec.pipelines.registry import RegistryError
-    from mixrec.serving.server import set_weights
 
     parsed: dict[str, float] = {}
     for item in weights:
@@ -259,6 +271,9 @@ def ab_set_weights(weights: Annotated[list[str], typer.Argument(help="ALIAS=WEIG
         if not sep or not alias.strip():
             _fail(f"weights must be ALIAS=NUMBER, e.g. champion=0.9; got {item!r}")
     cfg = _config(config, workspace)
+    _join_serving_auth_mode(cfg)
+    from mixrec.serving.server import set_weights
+
     try:
         spec = set_weights(cfg, parsed)
     except (RegistryError, ConfigError, ValueError) as err:
