@@ -17,7 +17,6 @@ Latency: sequential requests (one in flight) -> p50/p99. Throughput: ``--concurr
     .venv/bin/python bench/serving_latency.py --workspace WS        # reuse a workspace with a registered model
 """
 
-from __future__ import annotations
 
 import argparse
 import asyncio
@@ -113,6 +112,7 @@ def bare_in_process(cfg, ws, version: str, users: np.ndarray, items: list[int], 
 # --- the plain FastAPI + uvicorn baseline (run as a subprocess of this script) -------------------------------
 
 def plain_app(workspace: str, model_name: str, version: str):
+    """(This module has no ``from __future__ import annotations``: FastAPI must see RankRequest itself.)"""
     from fastapi import FastAPI
 
     from mixrec.features import feast_repo
