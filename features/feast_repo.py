@@ -7,7 +7,9 @@ PostgreSQL) through the config; the code path is the same.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -87,9 +89,20 @@ def historical_features(store, entity_df: pd.DataFrame) -> pa.Table:
     return job.to_arrow()
 
 
-def materialize(store, start: datetime, end: datetime) -> None:
-    """Load the latest feature values in ``[start, end]`` into the online store."""
+def materialize(store, start: datetime, end: datetime, marker: Path | None = None) -> None:
+    """Load the latest feature values in ``[start, end]`` into the online store, then (re)write ``marker``
+    (JSON: when and what window) so that serving replicas caching these features know to reload them."""
     store.materialize(start_date=start, end_date=end)
+    if marker is not None:
+        write_materialized_marker(marker, {"start": start.isoformat(), "end": end.isoformat()})
+
+
+def write_materialized_marker(marker: Path, details: dict | None = None) -> None:
+    """Tell serving replicas that the online store changed (they reload cached features when this file does).
+    Whoever writes the online store outside ``materialize`` (a push, a backfill) calls this too."""
+    tmp = marker.with_name(f".{marker.name}.tmp")
+    tmp.write_text(json.dumps({"materialized_at": time.time(), **(details or {})}))
+    tmp.replace(marker)
 
 
 def online_features(store, schema: DatasetSchema, source: str, keys: list[int]) -> dict[str, list]:

@@ -134,35 +134,154 @@ def serve(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
     _block_until_interrupted(url)
 
 
+def _served_url(url: str | None, workspace: Path | None) -> str:
+    from .workspace import Workspace
+
+    if url is not None:
+        return url
+    state = Workspace.resolve(workspace).serve_state
+    if not state.exists():
+        _fail(f"no --url given and no running server recorded in {state}: start `mixrec serve` first")
+    return json.loads(state.read_text())["url"]
+
+
+def _parse_items(text: str, where: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(";", ",").replace(" ", ",").split(",") if x.strip()]
+    except ValueError:
+        _fail(f"{where} must be comma-separated integers, got {text!r}")
+
+
+def _read_requests(path: Path) -> list[dict]:
+    """A batch of rank requests from JSONL (one request object a line) or CSV (columns user_id, items as
+    "1,5,9" or "1 5 9", and optional context columns such as device, hour). Errors name the file and line."""
+    if not path.is_file():
+        _fail(f"--file {path}: no such file")
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"user_id", "items"} - set(reader.fieldnames or [])
+            if missing:
+                _fail(f"{path}: missing column(s) {sorted(missing)}; header has {reader.fieldnames}")
+            requests = []
+            for line, row in enumerate(reader, start=2):
+                try:
+                    context = {k: int(v) for k, v in row.items() if k not in ("user_id", "items") and v not in ("", None)}
+                    user = int(row["user_id"])
+                except (TypeError, ValueError):
+                    _fail(f"{path}:{line}: user_id and context columns must be integers, got {row}")
+                requests.append({"user_id": user, "items": _parse_items(row["items"] or "", f"{path}:{line}: items"),
+                                 "context": context})
+        return requests
+    requests = []
+    for line, text in enumerate(path.read_text().splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            request = json.loads(text)
+        except json.JSONDecodeError as err:
+            _fail(f"{path}:{line}: not valid JSON ({err.msg}); expected one request object a line")
+        if not isinstance(request, dict):
+            _fail(f"{path}:{line}: expected a JSON object like {{\"user_id\": 1, \"items\": [1, 2]}}")
+        requests.append(request)
+    return requests
+
+
+def _auth_headers(token_env: str) -> dict[str, str]:
+    import os
+
+    token = os.environ.get(token_env)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 @app.command()
-def query(user: Annotated[int, typer.Option(help="user id")],
-          items: Annotated[str, typer.Option(help="comma-separated candidate item ids")],
+def query(user: Annotated[int | None, typer.Option(help="user id")] = None,
+          items: Annotated[str | None, typer.Option(help="comma-separated candidate item ids")] = None,
           device: Annotated[int | None, typer.Option(help="request context: device")] = None,
           hour: Annotated[int | None, typer.Option(help="request context: hour of day")] = None,
+          file: Annotated[Path | None, typer.Option("--file", "-f", help="a batch of requests: JSONL (one request "
+                          "object a line) or .csv (user_id, items, context columns); prints one JSON line each")] = None,
           url: Annotated[str | None, typer.Option(help="endpoint base URL (default: the one `mixrec serve` started)")] = None,
+          token_env: Annotated[str, typer.Option(help="environment variable with the bearer token, sent when set")]
+          = "MIXREC_SERVE_TOKEN",
+          timeout: Annotated[float, typer.Option(help="seconds to wait for each response")] = 120.0,
           workspace: WorkspaceOpt = None) -> None:
-    """Rank items for a user through the served endpoint; prints the JSON response."""
+    """Rank items through the served endpoint: one user (--user, --items; prints the JSON response) or a batch
+    (--file; prints {"line", "status", "response"} as one JSON line per request). Exit 1 if any request failed."""
     import httpx
+
+    if (file is None) == (user is None or items is None):
+        _fail("give either --user and --items, or --file")
+    if file is None:
+        context = {k: v for k, v in (("device", device), ("hour", hour)) if v is not None}
+        requests = [{"user_id": user, "items": _parse_items(items, "--items"), "context": context}]
+    else:
+        requests = _read_requests(file)
+    base = _served_url(url, workspace)
+    failed = 0
+    with httpx.Client(base_url=base, timeout=timeout, headers=_auth_headers(token_env)) as client:
+        for n, request in enumerate(requests, start=1):
+            try:
+                r = client.post("/rank", json=request)
+            except httpx.HTTPError as err:
+                _fail(f"cannot reach {base}: {err}")
+            failed += r.status_code >= 400
+            body = r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
+            if file is None:
+                typer.echo(json.dumps(body, indent=2))
+            else:
+                typer.echo(json.dumps({"line": n, "status": r.status_code, "response": body}))
+    if failed:
+        raise typer.Exit(1)
+
+
+def _join_serving_auth_mode(cfg: PipelineConfig) -> None:
+    """Ray 2.60 enables token auth on a new local cluster but not in a process that joins it by address, and
+    reads the mode once, when ray is imported: so set it from serve.json before anything imports ray."""
+    import os
 
     from .workspace import Workspace
 
+    state = Workspace.resolve(cfg.workspace).serve_state
+    mode = json.loads(state.read_text()).get("ray_auth_mode") if state.exists() else None
+    if mode:
+        os.environ.setdefault("RAY_AUTH_MODE", mode)
+
+
+ab_app = typer.Typer(no_args_is_help=True, help="The served A/B test: change arms and weights live.")
+app.add_typer(ab_app, name="ab")
+
+
+@ab_app.command("set-weights")
+def ab_set_weights(weights: Annotated[list[str], typer.Argument(help="ALIAS=WEIGHT ..., e.g. champion=0.9 challenger=0.1")],
+                   config: ConfigOpt = None, workspace: WorkspaceOpt = None) -> None:
+    """Change the served arms and weights live (no dropped requests): aliases are resolved again, the splitter
+    is reconfigured, rankers of unchanged versions keep running. An alias left out gets no traffic."""
+    from mixrec.pipelines.registry import RegistryError
+
+    parsed: dict[str, float] = {}
+    for item in weights:
+        alias, sep, value = item.partition("=")
+        try:
+            parsed[alias.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not alias.strip():
+            _fail(f"weights must be ALIAS=NUMBER, e.g. champion=0.9; got {item!r}")
+    cfg = _config(config, workspace)
+    _join_serving_auth_mode(cfg)
+    from mixrec.serving.server import set_weights
+
     try:
-        item_ids = [int(x) for x in items.split(",") if x.strip()]
-    except ValueError:
-        _fail(f"--items must be comma-separated integers, got {items!r}")
-    if url is None:
-        state = Workspace.resolve(workspace).serve_state
-        if not state.exists():
-            _fail(f"no --url given and no running server recorded in {state}: start `mixrec serve` first")
-        url = json.loads(state.read_text())["url"]
-    context = {k: v for k, v in (("device", device), ("hour", hour)) if v is not None}
-    try:
-        r = httpx.post(f"{url}/rank", json={"user_id": user, "items": item_ids, "context": context}, timeout=30)
-    except httpx.HTTPError as err:
-        _fail(f"cannot reach {url}: {err}")
-    typer.echo(json.dumps(r.json(), indent=2))
-    if r.status_code >= 400:
-        raise typer.Exit(1)
+        spec = set_weights(cfg, parsed)
+    except (RegistryError, ConfigError, ValueError) as err:
+        _fail(str(err))
+    from mixrec.serving.splitter import normalize_weights
+
+    shares = ", ".join(f"{arm} (v{spec.arms[arm]}) {w:.0%}" for arm, w in normalize_weights(spec.weights).items())
+    typer.echo(f"serving {spec.model_name}: {shares}")
 
 
 @app.command()

@@ -110,8 +110,26 @@ class ServeConfig(_Section):
         "version as the champion folds into it, so the champion takes 100 % until a distinct challenger exists",
     )
     salt: str = "mixrec-ab-v1"
-    max_candidates: int = Field(500, ge=1)
-    max_id: int = Field(2**62, ge=1, description="largest accepted user or item id")
+    max_candidates: int = Field(500, ge=1, le=10_000, description="candidate items per request (422 above)")
+    max_id: int = Field(2**62, ge=1, le=2**62, description="largest accepted user or item id (422 above)")
+    auth_token_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="name of an environment variable holding a bearer token; when set, /rank and /arms answer 401 "
+        "without `Authorization: Bearer <token>` (/health stays open). The variable must be set when serving starts")
+    ranker_replicas: int = Field(1, ge=1, description="replicas of each ranker deployment")
+    ranker_cpus: float = Field(0.25, gt=0.0, description="logical CPUs per ranker replica (fractional on small hosts)")
+    max_ongoing_requests: int = Field(32, ge=1, description="per ranker replica: requests in flight at once")
+    max_queued_requests: int = Field(64, ge=0, description="per ranker deployment: requests waiting beyond that; "
+                                     "more are answered 503 with Retry-After, never queued without bound")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After of an overload 503")
+    batch_max_size: int = Field(16, ge=1, description="@serve.batch: requests scored in one forward pass")
+    batch_wait_timeout_s: float = Field(0.002, ge=0.0, description="@serve.batch: wait this long to fill a batch")
+    item_cache: bool = Field(True, description="cache item features in each ranker replica; false reads every "
+                             "feature from Feast per request (the benchmark's uncached baseline)")
+    item_cache_ttl_s: float = Field(300.0, gt=0.0, description="reload the replica's item-feature table at least "
+                                    "this often, even without a new materialization marker")
+    item_cache_check_s: float = Field(1.0, gt=0.0, description="how often a replica looks at the materialization "
+                                      "marker (a file stat)")
 
     @field_validator("arms")
     @classmethod

@@ -129,7 +129,7 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
         store = setup_feature_store(cfg, ws, schema, sources)
         retrieved, dropped = retrieve_training_rows(store, tables.events, schema, ws.quarantine_dir / "feast_dropped.parquet")
         feast_repo.materialize(store, tables.users["event_timestamp"].min().to_pydatetime(),
-                               tables.events["event_timestamp"].max().to_pydatetime())
+                               tables.events["event_timestamp"].max().to_pydatetime(), ws.materialized_marker)
 
     with timer.step("ray_init", "start Ray"):
         ray = init_ray(ray_address)  # init_ray imports ray.data too

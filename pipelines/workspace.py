@@ -41,6 +41,12 @@ class Workspace:
     def online_store_db(self) -> Path:
         return self.feast_repo / "online_store.db"
 
+    @property
+    def materialized_marker(self) -> Path:
+        """Written after every materialization into the online store; serving replicas reload their item
+        features when it changes."""
+        return self.feast_repo / "materialized.json"
+
     # --- pipeline state -------------------------------------------------------------------------------
     @property
     def quarantine_dir(self) -> Path:

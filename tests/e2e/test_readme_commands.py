@@ -44,7 +44,8 @@ def run(cmd: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedPr
 def test_readme_lists_the_commands_this_test_runs():
     cmds = readme_commands()
     for expected in ("make demo", "make test", ".venv/bin/mixrec demo", ".venv/bin/mixrec run configs/demo.yaml",
-                     ".venv/bin/mixrec serve", ".venv/bin/mixrec query", ".venv/bin/mixrec promote 2",
+                     ".venv/bin/mixrec serve", ".venv/bin/mixrec query", ".venv/bin/mixrec query --file configs/requests.jsonl",
+                     ".venv/bin/mixrec ab set-weights champion=0.9 challenger=0.1", ".venv/bin/mixrec promote 2",
                      ".venv/bin/mixrec models"):
         assert any(c.startswith(expected) for c in cmds), (expected, cmds)
     ci = (REPO / ".ci" / "run").read_text()
@@ -87,6 +88,13 @@ def test_readme_commands_end_to_end(env, free_port):
         assert body["arm"] in {"champion", "challenger"} and len(body["ranked"]) == 4
         arms = httpx.get(f"http://127.0.0.1:{port}/mixrec/arms", timeout=10).json()
         assert arms["versions"] == {"champion": "1", "challenger": "2"}
+        batch = run([MIXREC, "query", "--file", "configs/requests.jsonl"], env).stdout.splitlines()
+        assert [json.loads(line)["status"] for line in batch] == [200, 200, 200]
+        # 4b. Live re-weighting from another process (joins the server's Ray instance).
+        out = run([MIXREC, "ab", "set-weights", "champion=0.9", "challenger=0.1"], env).stdout
+        assert "champion (v1) 90%, challenger (v2) 10%" in out or "challenger (v2) 10%, champion (v1) 90%" in out, out
+        arms = httpx.get(f"http://127.0.0.1:{port}/mixrec/arms", timeout=10).json()
+        assert arms["weights"] == {"challenger": 0.1, "champion": 0.9}
     finally:
         os.killpg(serve.pid, signal.SIGINT)
         try:

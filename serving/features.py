@@ -1,0 +1,154 @@
+"""Serving-side features: a vectorised item-feature table cached in each ranker replica, per-request user
+features from Feast, and the model frame for a batch of requests. Pure numpy/pandas + Feast (no Ray).
+
+Staleness bound of the cached item features: the pipeline rewrites the workspace's materialization marker
+(``feast/materialized.json``) after every ``materialize``; a replica stats it every ``check_s`` seconds and
+reloads the table when it changed, so after a materialization by mixrec a replica serves the new item
+features within ``check_s`` + one table load (about 0.1 s per 1,000 items from the sqlite store). Writes that
+bypass the marker (a ``feast materialize`` run by hand, another writer of the online store) are picked up by
+the TTL reload: at most ``ttl_s`` + one load stale. Until a reload succeeds a replica keeps serving the table it
+has; its health check fails once that table is older than twice the TTL, so Serve replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mixrec.features import feast_repo
+from mixrec.features.schema import DatasetSchema
+
+log = logging.getLogger(__name__)
+ONLINE_CHUNK = 5_000  # entities per Feast online read while loading the table
+
+
+def to_float(values: list) -> np.ndarray:
+    """Feast's online values (None where unknown) -> float64 with NaN, which the preprocessor maps to
+    OOV (categorical) or the training mean (dense)."""
+    return pd.to_numeric(pd.Series(values, dtype="object"), errors="coerce").to_numpy(dtype=np.float64)
+
+
+def online_matrix(store, schema: DatasetSchema, source: str, keys: np.ndarray) -> np.ndarray:
+    """Online features of ``source`` ("user"/"item") for ``keys`` (n,) -> float64 (n, F), NaN where unknown."""
+    names = [f.name for f in schema.from_source(source)]
+    if len(keys) == 0:
+        return np.empty((0, len(names)))
+    values = feast_repo.online_features(store, schema, source, keys.tolist())
+    return np.column_stack([to_float(values[name]) for name in names])
+
+
+@dataclass(frozen=True)
+class ItemTable:
+    """Item features as sorted ids (n,) + a float64 matrix (n + 1, F) whose last row is all NaN (unknown ids)."""
+
+    ids: np.ndarray
+    values: np.ndarray
+    loaded_at: float  # time.time() of the load
+    marker_stamp: int | None  # mtime_ns of the materialization marker the load saw
+
+    def lookup(self, item_ids: np.ndarray) -> np.ndarray:
+        """(N,) int64 ids -> (N, F) features; one searchsorted, no per-item Python work."""
+        if len(self.ids) == 0:
+            return np.broadcast_to(self.values[-1], (len(item_ids), self.values.shape[1]))
+        pos = np.minimum(np.searchsorted(self.ids, item_ids), len(self.ids) - 1)
+        rows = np.where(self.ids[pos] == item_ids, pos, len(self.ids))
+        return self.values[rows]
+
+
+def marker_stamp(marker: Path) -> int | None:
+    try:
+        return marker.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def catalog_item_ids(store, schema: DatasetSchema) -> np.ndarray:
+    """Every item id the item feature view knows: the key column of its batch source (the online store
+    cannot list its keys), sorted and unique."""
+    source = store.get_feature_view("item_features").batch_source
+    ids = pd.read_parquet(source.path, columns=[schema.item_key])[schema.item_key].to_numpy(dtype=np.int64)
+    return np.unique(ids)
+
+
+def load_item_table(store, schema: DatasetSchema, marker: Path) -> ItemTable:
+    """Read the whole item catalog from the Feast online store, in chunks."""
+    stamp = marker_stamp(marker)  # before the read: a materialization during the load triggers another
+    ids = catalog_item_ids(store, schema)
+    width = len(schema.from_source("item"))
+    chunks = [online_matrix(store, schema, "item", ids[i:i + ONLINE_CHUNK]) for i in range(0, len(ids), ONLINE_CHUNK)]
+    values = np.vstack([*chunks, np.full((1, width), np.nan)])
+    return ItemTable(ids=ids, values=values, loaded_at=time.time(), marker_stamp=stamp)
+
+
+class CachedItemFeatures:
+    """An :class:`ItemTable` kept fresh by a daemon thread (see the module docstring for the staleness bound)."""
+
+    def __init__(self, repo_dir: Path, schema: DatasetSchema, marker: Path, ttl_s: float, check_s: float):
+        # A FeatureStore of its own: the refresh thread must not share the request thread's store connections.
+        self.store = feast_repo.open_store(repo_dir)
+        self.schema, self.marker, self.ttl_s, self.check_s = schema, marker, ttl_s, check_s
+        self.table = load_item_table(self.store, schema, marker)
+        self.reloads = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._refresh_loop, name="item-feature-refresh", daemon=True).start()
+
+    def due(self) -> bool:
+        return (marker_stamp(self.marker) != self.table.marker_stamp
+                or time.time() - self.table.loaded_at >= self.ttl_s)
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.check_s):
+            if not self.due():
+                continue
+            try:
+                self.table = load_item_table(self.store, self.schema, self.marker)  # one reference swap
+                self.reloads += 1
+            except Exception:  # keep serving the old table; check_health reports it once too old
+                log.exception("reloading item features failed; serving the table loaded at %s", self.table.loaded_at)
+
+    def age_s(self) -> float:
+        return time.time() - self.table.loaded_at
+
+    def lookup(self, item_ids: np.ndarray) -> np.ndarray:
+        return self.table.lookup(item_ids)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class UncachedItemFeatures:
+    """Every item feature read from Feast per request (the benchmark's baseline; ``serve.item_cache: false``)."""
+
+    def __init__(self, store, schema: DatasetSchema):
+        self.store, self.schema = store, schema
+
+    def lookup(self, item_ids: np.ndarray) -> np.ndarray:
+        unique, inverse = np.unique(item_ids, return_inverse=True)
+        return online_matrix(self.store, self.schema, "item", unique)[inverse]
+
+    def age_s(self) -> float:
+        return 0.0
+
+
+def request_frame(schema: DatasetSchema, users: np.ndarray, lengths: np.ndarray, items: np.ndarray,
+                  contexts: list[dict[str, int]], user_features: np.ndarray, item_features: np.ndarray) -> pd.DataFrame:
+    """The model's raw input rows for a batch of B requests with N candidates in all.
+
+    users (B,), lengths (B,) candidates per request, items (N,), contexts B dicts, user_features (B, Fu),
+    item_features (N, Fi) -> DataFrame (N rows) with the schema's model columns."""
+    columns: dict[str, np.ndarray] = {schema.user_key: np.repeat(users, lengths), schema.item_key: items}
+    for f in schema.from_source("request"):
+        if f.name not in columns:
+            per_request = np.array([c.get(f.name, np.nan) for c in contexts], dtype=np.float64)
+            columns[f.name] = np.repeat(per_request, lengths)
+    for j, f in enumerate(schema.from_source("user")):
+        columns[f.name] = np.repeat(user_features[:, j], lengths)
+    for j, f in enumerate(schema.from_source("item")):
+        columns[f.name] = item_features[:, j]
+    return pd.DataFrame(columns)

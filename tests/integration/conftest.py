@@ -1,0 +1,44 @@
+"""Integration fixtures shared across modules: the served A/B app (two tiny pipeline runs) is built once per
+session, because the pipeline runs and the Serve deployment cost most of a minute on a 2-core host."""
+
+from __future__ import annotations
+
+import pytest
+
+from mixrec.pipelines.registry import CHALLENGER, CHAMPION
+
+
+def tiny_config(workspace, model: str, port: int) -> dict:
+    return {
+        "workspace": str(workspace),
+        "data": {"num_events": 4000, "num_users": 200, "num_items": 100, "days": 4, "seed": 11},
+        "model": {"name": model},
+        "train": {"num_workers": 2, "epochs": 1, "batch_size": 256},
+        # 2 replicas per ranker: the replica-kill test needs a survivor to serve while Serve replaces the other.
+        "serve": {"port": port, "arms": {CHAMPION: 0.5, CHALLENGER: 0.5}, "max_candidates": 50,
+                  "ranker_replicas": 2},
+    }
+
+
+@pytest.fixture(scope="session")
+def served(ray_session, tmp_path_factory, free_port):
+    """Two pipeline runs (v1 rankmixer -> champion, v2 dnn -> challenger), then the A/B app on a free port.
+
+    Session-scoped and shared: a test that changes the deployment (weights, token) restores ``cfg`` before it
+    ends (see tests/integration/test_serving_robustness.py)."""
+    import httpx
+
+    from mixrec.pipelines.config import parse_config
+    from mixrec.pipelines.pipeline import run_pipeline
+    from mixrec.serving.server import start_serving, stop_serving
+
+    workspace = tmp_path_factory.mktemp("ws")
+    port = free_port()
+    first = run_pipeline(parse_config(tiny_config(workspace, "rankmixer", port)), fresh=True, progress=lambda _: None)
+    cfg = parse_config(tiny_config(workspace, "dnn", port))
+    second = run_pipeline(cfg, progress=lambda _: None)
+    url = start_serving(cfg)
+    client = httpx.Client(base_url=url, timeout=60)
+    yield {"first": first, "second": second, "url": url, "client": client, "cfg": cfg}
+    client.close()
+    stop_serving()
