@@ -5,9 +5,9 @@ Versions: v1 = the trained model (dnn, 20,000 events, 1 epoch; test AUC about 0.
 (an A/A twin: identical scores, a distinct served arm); v3 = the same architecture with re-initialised weights
 (a near-random ranking). "Clearly better" below is v1 against v3.
 
-Simulations: 500 requests of 20 candidates each (one impression = the top-ranked item), seed 0. With these
-versions the trained arm's CTR is about twice the random arm's (see docs/abtest.md for measured numbers), so
-500 impressions split 50/50 give a z-test p far below 0.05; the A/A twin gives p > 0.05 at the same size.
+Simulations: 500 requests of 20 candidates each (one impression = the top-ranked item), seed 0, 50/50 split.
+Measured (docs/abtest.md): trained vs random CTR 0.278 vs 0.097 (true 0.250 vs 0.085), z = 5.1, p = 3e-7;
+the A/A twin p = 0.85. The assertions only need p < 0.05 and p > 0.05 respectively.
 """
 
 from __future__ import annotations

@@ -51,3 +51,13 @@ def test_msprt_type_one_error_under_peeking_stays_near_alpha_and_detects_a_real_
     seq = msprt(treat[0], lifted, alpha=0.05, tau=0.05)
     assert seq.stopped_at is not None and seq.stopped_at < n
     assert np.all(np.diff(seq.p_values) <= 0)  # always-valid p-values never increase
+
+
+def test_aa_false_positive_rate_of_the_z_test_is_alpha():
+    """1,000 A/A experiments of 500 impressions per arm at CTR 0.25 (the size and CTR of the HTTP A/A test):
+    the z-test at alpha 0.05 rejects in 3-7 % of them."""
+    rng = np.random.default_rng(42)
+    clicks = rng.binomial(500, 0.25, size=(1000, 2))
+    rejected = [lift_test(arm_stats("champion", 500, a), arm_stats("challenger", 500, b)).significant
+                for a, b in clicks]
+    assert 0.03 <= np.mean(rejected) <= 0.07
