@@ -292,10 +292,14 @@ def abtest_simulate(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
 
     cfg = _setup_registry(config, workspace)
     spec = _ab_spec(requests, rate, concurrency, candidates, seed, sequential, expected_weights)
+    import httpx
+
     try:
         result = simulate(cfg, url.rstrip("/"), spec, typer.echo) if url else simulate_served(cfg, spec, typer.echo)
-    except RegistryError as err:
+    except (RegistryError, RuntimeError) as err:
         _fail(str(err))
+    except httpx.HTTPError as err:
+        _fail(f"cannot reach the splitter at {url}: {err}")
     _print_ab(result)
 
 

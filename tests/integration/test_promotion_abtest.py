@@ -1,9 +1,9 @@
 """Gated promotion and the A/B simulator through the real stack: one tiny pipeline run, extra versions
 registered from its checkpoint, Ray Serve over HTTP, MLflow on sqlite.
 
-Versions: v1 = the trained model (dnn, 20,000 events, 1 epoch; test AUC about 0.63); v2 = the same checkpoint registered again
-(an A/A twin: identical scores, a distinct served arm); v3 = the same architecture with re-initialised weights
-(a near-random ranking). "Clearly better" below is v1 against v3.
+Versions: v1 = the trained model (dnn, 20,000 events, 1 epoch; test AUC about 0.63); v2 = the same checkpoint
+registered again (an A/A twin: identical scores, a distinct served arm); v3 = the same architecture with
+re-initialised weights (a ranking no better than random). "Clearly better" below is v1 against v3.
 
 Simulations: 500 requests of 20 candidates each (one impression = the top-ranked item), seed 0, 50/50 split.
 Measured (docs/abtest.md): trained vs random CTR 0.278 vs 0.097 (true 0.250 vs 0.085), z = 5.1, p = 3e-7;
