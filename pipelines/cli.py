@@ -284,23 +284,142 @@ def ab_set_weights(weights: Annotated[list[str], typer.Argument(help="ALIAS=WEIG
     typer.echo(f"serving {spec.model_name}: {shares}")
 
 
-@app.command()
-def promote(version: Annotated[str, typer.Argument(help="model version to make champion")],
-            config: ConfigOpt = None, workspace: WorkspaceOpt = None,
-            reason: Annotated[str, typer.Option(help="why (recorded as a tag)")] = "manual promotion") -> None:
-    """Move the `champion` alias to VERSION."""
-    from .registry import RegistryError, setup_tracking
-    from .registry import promote as promote_version
+def _setup_registry(config: Path | None, workspace: Path | None) -> PipelineConfig:
+    from .registry import setup_tracking
     from .workspace import Workspace
 
     cfg = _config(config, workspace)
-    ws = Workspace.resolve(cfg.workspace)
-    setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws)
+    setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, Workspace.resolve(cfg.workspace))
+    return cfg
+
+
+def _parse_weights(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
     try:
-        mv = promote_version(cfg.registry.model_name, version, reason=reason)
+        pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+        return {arm.strip(): float(w) for arm, w in pairs}
+    except ValueError:
+        _fail(f"--expected-weights must look like champion=0.5,challenger=0.5, got {text!r}")
+
+
+def _ab_spec(requests: int, rate: float, concurrency: int, candidates: int, seed: int, sequential: bool,
+             expected_weights: str | None = None):
+    from mixrec.serving.abtest import SimulationSpec
+
+    try:
+        return SimulationSpec(requests=requests, rate=rate, concurrency=concurrency, candidates=candidates,
+                              seed=seed, sequential=sequential, expected_weights=_parse_weights(expected_weights))
+    except ValueError as err:
+        _fail(str(err))
+
+
+RequestsOpt = Annotated[int, typer.Option(help="simulated requests (one impression each)")]
+RateOpt = Annotated[float, typer.Option(help="requests per second (pacing)")]
+ConcurrencyOpt = Annotated[int, typer.Option(help="requests in flight at most")]
+CandidatesOpt = Annotated[int, typer.Option(help="candidate items per request")]
+SeedOpt = Annotated[int, typer.Option(help="seed of the simulated population and clicks")]
+SequentialOpt = Annotated[bool, typer.Option("--sequential/--no-sequential", help="mSPRT always-valid p-values")]
+
+
+def _print_ab(result) -> None:
+    a = result.analysis
+    for s in a.arms:
+        typer.echo(f"  {s.arm:<12} v{a.versions.get(s.arm, '?'):<4} impressions {s.impressions:>6}  clicks {s.clicks:>5}  "
+                   f"CTR {s.ctr:.4f} [{s.ctr_low:.4f}, {s.ctr_high:.4f}]  true CTR {a.true_ctr.get(s.arm, float('nan')):.4f}")
+    if a.lift:
+        typer.echo(f"  lift {a.lift.absolute_lift:+.4f} ({a.lift.relative_lift:+.1%}), z {a.lift.z:.2f}, "
+                   f"p {a.lift.p_value:.2e}: " + (f"{a.lift.winner} wins" if a.lift.significant else "not significant"))
+    if a.sequential is not None and len(a.sequential.p_values):
+        typer.echo(f"  mSPRT always-valid p {a.sequential.p_values[-1]:.2e}"
+                   + (f", boundary crossed at {a.sequential.stopped_at} impressions" if a.sequential.stopped_at else ""))
+    typer.echo(f"  SRM chi2 {a.srm.chi2:.2f}, p {a.srm.p_value:.2e}: " + ("MISMATCH" if a.srm.mismatch else "ok"))
+    typer.echo(f"  report: {result.out_dir / 'report.md'}" + (f" (MLflow run {result.run_id})" if result.run_id else ""))
+
+
+@app.command()
+def promote(version: Annotated[str, typer.Argument(help="model version to make champion")],
+            config: ConfigOpt = None, workspace: WorkspaceOpt = None,
+            reason: Annotated[str, typer.Option(help="why (recorded as a tag)")] = "manual promotion",
+            force: Annotated[bool, typer.Option("--force", help="promote even when a gate fails (recorded)")] = False,
+            require_ab: Annotated[bool, typer.Option("--require-ab", help="also require a simulated online A/B "
+                                                     "test through the served endpoint to favour VERSION")] = False,
+            data: Annotated[Path | None, typer.Option(help="held-out Parquet (model columns + label); default: "
+                                                      "the workspace's test split")] = None,
+            requests: RequestsOpt = 2000, rate: RateOpt = 200.0, concurrency: ConcurrencyOpt = 16,
+            candidates: CandidatesOpt = 20, seed: SeedOpt = 0) -> None:
+    """Move `champion` to VERSION if it beats the champion on held-out data (paired bootstrap CIs of the AUC
+    and logloss deltas), and with --require-ab also in a simulated A/B test; --force overrides."""
+    from .promotion import PromotionRefused, gated_promote
+    from .registry import RegistryError
+
+    cfg = _setup_registry(config, workspace)
+    spec = _ab_spec(requests, rate, concurrency, candidates, seed, True) if require_ab else None
+    try:
+        out = gated_promote(cfg, version, force=force, require_ab=require_ab, data=data, reason=reason,
+                            ab_spec=spec, progress=typer.echo)
+    except PromotionRefused as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
     except RegistryError as err:
         _fail(str(err))
-    typer.echo(f"{mv.name} v{mv.version} is now champion (aliases: {', '.join(mv.aliases)})")
+    c = out.comparison
+    typer.echo(f"  AUC {c.champion_auc:.4f} -> {c.challenger_auc:.4f}, delta {c.auc_delta.estimate:+.4f} "
+               f"[{c.auc_delta.low:+.4f}, {c.auc_delta.high:+.4f}]; logloss {c.champion_logloss:.4f} -> "
+               f"{c.challenger_logloss:.4f}, delta {c.logloss_delta.estimate:+.4f} "
+               f"[{c.logloss_delta.low:+.4f}, {c.logloss_delta.high:+.4f}] (MLflow run {out.eval_run_id})")
+    if out.ab is not None:
+        _print_ab(out.ab)
+    if out.reasons:
+        typer.echo("  forced past: " + "; ".join(out.reasons))
+    typer.echo(f"{out.model_name} v{version} is now champion (was v{out.champion_before})")
+
+
+@app.command()
+def rollback(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
+             reason: Annotated[str, typer.Option(help="why (recorded as a tag)")] = "rollback") -> None:
+    """Move `champion` back to the version it pointed at before its last move."""
+    from .registry import RegistryError
+    from .registry import rollback as rollback_champion
+
+    cfg = _setup_registry(config, workspace)
+    try:
+        mv = rollback_champion(cfg.registry.model_name, reason=reason)
+    except RegistryError as err:
+        _fail(str(err))
+    typer.echo(f"{mv.name} v{mv.version} is champion again (aliases: {', '.join(mv.aliases)})")
+
+
+abtest_app = typer.Typer(no_args_is_help=True, help="A/B simulation against the served splitter.")
+app.add_typer(abtest_app, name="abtest")
+
+
+@abtest_app.command("simulate")
+def abtest_simulate(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
+                    url: Annotated[str | None, typer.Option(help="splitter base URL, e.g. http://127.0.0.1:8000/mixrec "
+                                                            "(default: start Serve from the config, stop after)")] = None,
+                    requests: RequestsOpt = 2000, rate: RateOpt = 200.0, concurrency: ConcurrencyOpt = 16,
+                    candidates: CandidatesOpt = 20, seed: SeedOpt = 0, sequential: SequentialOpt = True,
+                    expected_weights: Annotated[str | None, typer.Option(
+                        help="SRM reference, e.g. champion=0.5,challenger=0.5 (default: the served weights)")] = None
+                    ) -> None:
+    """Synthetic users (ground-truth clicks) against the served champion/challenger: CTRs, lift, z-test,
+    SRM, mSPRT; report + plots in the workspace and MLflow."""
+    from mixrec.serving.abtest import simulate, simulate_served
+
+    from .registry import RegistryError
+
+    cfg = _setup_registry(config, workspace)
+    spec = _ab_spec(requests, rate, concurrency, candidates, seed, sequential, expected_weights)
+    import httpx
+
+    try:
+        result = simulate(cfg, url.rstrip("/"), spec, typer.echo) if url else simulate_served(cfg, spec, typer.echo)
+    except (RegistryError, RuntimeError) as err:
+        _fail(str(err))
+    except httpx.HTTPError as err:
+        _fail(f"cannot reach the splitter at {url}: {err}")
+    _print_ab(result)
 
 
 AddressOpt = Annotated[str, typer.Option("--address", envvar="RAY_JOBS_ADDRESS",

@@ -98,6 +98,13 @@ class RegistryConfig(_Section):
     tracking_uri: str | None = Field(None, description="default: sqlite file in the workspace")
     experiment: str = "mixrec"
     model_name: str = Field("mixrec-ranker", min_length=1)
+    promote_min_auc_delta: float = Field(
+        0.0, ge=-1.0, le=1.0, description="`mixrec promote` gate: the lower end of the CI of the AUC delta "
+        "(challenger - champion) must be above this")
+    promote_max_logloss_increase: float = Field(
+        0.0, ge=0.0, description="`mixrec promote` gate: the logloss delta (challenger - champion) may be at most this")
+    bootstrap_resamples: int = Field(1000, ge=100, le=100_000, description="paired bootstrap resamples of the gate")
+    bootstrap_seed: int = 0
 
 
 class ServeConfig(_Section):

@@ -158,6 +158,10 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
         prepared = {name: ds.map_batches(preprocessor.transform_batch, batch_format="pandas").materialize()
                     for name, ds in splits.items()}
         counts.update({f"{name}_rows": ds.count() for name, ds in prepared.items()})
+        # Raw held-out rows (what a registered pyfunc takes): `mixrec promote` scores champion and challenger
+        # on them, each through its own preprocessing.
+        holdout = splits["test"].to_pandas()[[*schema.model_columns, schema.label]]
+        write_parquet_atomic(holdout, ws.holdout_path)
     return PreparedData(workspace=ws, schema=schema, tables=tables, preprocessor=preprocessor, datasets=prepared,
                         counts=counts, suite=suite, validation_summary=vresult.summary())
 
@@ -206,7 +210,9 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
             registered = registry.log_and_register(
                 outcome.checkpoint_dir, example, cfg.registry.model_name,
                 tags={"model": cfg.model.name, "feast_feature_service": feast_repo.FEATURE_SERVICE,
-                      "test_auc": f"{test_metrics['auc']:.5f}"})
+                      "test_auc": f"{test_metrics['auc']:.5f}",
+                      **registry.lineage_tags([ws.sources_dir / f"{n}.parquet" for n in ("events", "users", "items")],
+                                              schema, feast_repo.FEATURE_SERVICE, cfg.to_dict())})
         mlflow.log_metrics({f"step_seconds_{k}": v for k, v in timer.seconds.items()})
         (ws.artifacts_dir / "last_run.json").write_text(json.dumps(
             {"run_id": run.info.run_id, "version": registered.version, "counts": counts,

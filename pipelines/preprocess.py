@@ -41,6 +41,11 @@ class Preprocessor:
 
     def __post_init__(self):
         self._indexes = {f: pd.Index(v) for f, v in self.vocabularies.items()}
+        # Build each Index's hash engine now: pandas builds it lazily, and first concurrent get_indexer calls
+        # (a Serve replica runs requests in a thread pool) race on it and raise "Reindexing only valid with
+        # uniquely valued Index objects" (seen as HTTP 500s right after a deploy).
+        for index in self._indexes.values():
+            index.get_indexer(index[:1])
 
     # --- the model's view -------------------------------------------------------------------------------
     def layout(self) -> FeatureLayout:

@@ -58,6 +58,16 @@ class Workspace:
         return self.root / "artifacts"
 
     @property
+    def holdout_path(self) -> Path:
+        """Raw test-split rows (model columns + label) of the latest run: the promotion gate's held-out data."""
+        return self.artifacts_dir / "holdout_test.parquet"
+
+    @property
+    def abtest_dir(self) -> Path:
+        """A/B simulations: one append-only impression log, report and plots per run."""
+        return self.root / "abtest"
+
+    @property
     def ray_storage(self) -> Path:
         """Ray Train run storage (checkpoints)."""
         return self.root / "ray_results"

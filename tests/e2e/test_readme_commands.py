@@ -46,6 +46,8 @@ def test_readme_lists_the_commands_this_test_runs():
     for expected in ("make demo", "make test", ".venv/bin/mixrec demo", ".venv/bin/mixrec run configs/demo.yaml",
                      ".venv/bin/mixrec serve", ".venv/bin/mixrec query", ".venv/bin/mixrec query --file configs/requests.jsonl",
                      ".venv/bin/mixrec ab set-weights champion=0.9 challenger=0.1", ".venv/bin/mixrec promote 2",
+                     ".venv/bin/mixrec promote 2 --force", ".venv/bin/mixrec rollback",
+                     ".venv/bin/mixrec abtest simulate --url", ".venv/bin/mixrec promote 2 --require-ab",
                      ".venv/bin/mixrec models"):
         assert any(c.startswith(expected) for c in cmds), (expected, cmds)
     ci = (REPO / ".ci" / "run").read_text()
@@ -88,6 +90,10 @@ def test_readme_commands_end_to_end(env, free_port):
         assert body["arm"] in {"champion", "challenger"} and len(body["ranked"]) == 4
         arms = httpx.get(f"http://127.0.0.1:{port}/mixrec/arms", timeout=10).json()
         assert arms["versions"] == {"champion": "1", "challenger": "2"}
+        # `mixrec abtest simulate --url ...` against the running server (fewer requests).
+        ab = run([MIXREC, "abtest", "simulate", "--url", f"http://127.0.0.1:{port}/mixrec", "--requests", "300"], env)
+        assert "300 answered, 0 failed" in ab.stdout and "SRM chi2" in ab.stdout, ab.stdout
+        assert re.search(r"champion\s+v1\s+impressions\s+\d+", ab.stdout), ab.stdout
         batch = run([MIXREC, "query", "--file", "configs/requests.jsonl"], env).stdout.splitlines()
         assert [json.loads(line)["status"] for line in batch] == [200, 200, 200]
         # 4b. Live re-weighting from another process (joins the server's Ray instance).
@@ -102,8 +108,15 @@ def test_readme_commands_end_to_end(env, free_port):
         except subprocess.TimeoutExpired:
             os.killpg(serve.pid, signal.SIGKILL)
 
-    # 5. `mixrec promote 2`, 6. `mixrec models`.
-    assert "v2 is now champion" in run([MIXREC, "promote", "2"], env).stdout
+    # 5. `mixrec promote 2` (gated: either outcome is legitimate for two tiny models, but it must evaluate),
+    # `--force`, `rollback`; 6. `mixrec models`. (`--require-ab` runs in tests/integration/test_promotion_abtest.py.)
+    gated = subprocess.run([MIXREC, "promote", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert "offline gate: v2 vs champion v1" in gated.stdout, gated.stdout + gated.stderr
+    assert (gated.returncode, "now champion" in gated.stdout) in {(0, True), (1, False)}, gated.stdout + gated.stderr
+    if gated.returncode == 1:
+        assert "refused" in gated.stderr and "--force" in gated.stderr
+        assert "v2 is now champion" in run([MIXREC, "promote", "2", "--force", "--reason", "hotfix"], env).stdout
+    assert "v1 is champion again" in run([MIXREC, "rollback"], env).stdout
     table = run([MIXREC, "models"], env).stdout
     assert "rankmixer" in table and "dnn" in table
 

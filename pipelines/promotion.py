@@ -1,0 +1,139 @@
+"""Gated promotion: the challenger becomes champion only when it beats the champion offline (paired bootstrap
+on the same held-out rows) and, with ``require_ab``, in a simulated online A/B test through the served splitter.
+
+Every evaluation is an MLflow run (``promote-eval``) and tags on the challenger version (``gate.*``); the alias
+move itself is recorded by :func:`registry._move_alias`. The final move is a compare-and-set under the registry
+lock: if the champion changed while this evaluation ran, the promotion is refused rather than judged against a
+champion that no longer serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from . import registry
+from .config import PipelineConfig
+from .evaluation import GateDecision, PairedComparison, offline_gate, paired_bootstrap
+from .registry import CHALLENGER, CHAMPION, RegistryError
+from .workspace import Workspace
+
+
+class PromotionRefused(RegistryError):
+    """The gate failed (the message lists why); ``--force`` overrides."""
+
+
+@dataclass
+class PromotionOutcome:
+    model_name: str
+    champion_before: str
+    challenger: str
+    comparison: PairedComparison
+    offline: GateDecision
+    promoted: bool
+    eval_run_id: str
+    ab: object | None = None  # serving.abtest.AbResult when require_ab
+    reasons: list[str] = field(default_factory=list)
+
+
+def load_holdout(path: Path, label: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    """The held-out rows (Parquet, model columns + label); errors name the file and the missing columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise RegistryError(f"held-out data not found: {path} (run the pipeline, or pass --data FILE.parquet)")
+    frame = pd.read_parquet(path)
+    missing = [c for c in (*columns, label) if c not in frame.columns]
+    if missing:
+        raise RegistryError(f"held-out data {path} lacks column(s) {missing}")
+    if frame[label].isna().any() or not frame[label].isin([0, 1]).all():
+        raise RegistryError(f"held-out data {path}: column {label!r} must be 0/1 without nulls")
+    return frame
+
+
+def compare_versions(model_name: str, champion: str, challenger: str, holdout: pd.DataFrame, label: str,
+                     columns: tuple[str, ...], resamples: int, seed: int) -> PairedComparison:
+    """Score the same rows with both versions (each applies its own preprocessing) and bootstrap the deltas."""
+    features = holdout[list(columns)]
+    scores = {v: registry.load_ranker(model_name, v).score(features) for v in (champion, challenger)}
+    return paired_bootstrap(holdout[label].to_numpy(), scores[champion], scores[challenger], resamples, seed)
+
+
+def _log_evaluation(model_name: str, champion: str, challenger: str, data: Path, cmp: PairedComparison,
+                    decision: GateDecision, cfg: PipelineConfig) -> str:
+    r = cfg.registry
+    with mlflow.start_run(run_name=f"promote-eval-v{challenger}-vs-v{champion}") as run:
+        mlflow.log_params({"champion_version": champion, "challenger_version": challenger, "holdout": str(data),
+                           "bootstrap_resamples": r.bootstrap_resamples, "bootstrap_seed": r.bootstrap_seed,
+                           "min_auc_delta": r.promote_min_auc_delta,
+                           "max_logloss_increase": r.promote_max_logloss_increase})
+        mlflow.log_metrics(cmp.flat())
+        mlflow.set_tags({"gate.offline_passed": str(decision.passed), "gate.reasons": "; ".join(decision.reasons)})
+    client = mlflow.MlflowClient()
+    for key, value in {"gate.offline_passed": str(decision.passed), "gate.eval_run_id": run.info.run_id,
+                       "gate.against_champion": champion, "gate.auc_delta": f"{cmp.auc_delta.estimate:+.5f}",
+                       "gate.auc_delta_ci": f"[{cmp.auc_delta.low:+.5f}, {cmp.auc_delta.high:+.5f}]",
+                       "gate.logloss_delta": f"{cmp.logloss_delta.estimate:+.5f}"}.items():
+        client.set_model_version_tag(model_name, challenger, key, value)
+    return run.info.run_id
+
+
+def gated_promote(cfg: PipelineConfig, version: str, *, force: bool = False, require_ab: bool = False,
+                  data: Path | None = None, reason: str = "gated promotion", ab_spec=None,
+                  progress: Callable[[str], None] = print) -> PromotionOutcome:
+    """Evaluate ``version`` against the current champion and move ``champion`` to it when the gates pass (or
+    ``force``). Raises :class:`PromotionRefused` when they fail. Tracking must be set up by the caller."""
+    from mixrec.features.schema import SYNTHETIC_SCHEMA as schema
+
+    ws = Workspace.resolve(cfg.workspace)
+    name, version = cfg.registry.model_name, str(version)
+    client = mlflow.MlflowClient()
+    registry._check_version_exists(client, name, version)
+    champion = registry.resolve_alias(name, CHAMPION)
+    if champion == version:
+        raise RegistryError(f"{name} v{version} is already the champion")
+    data = Path(data) if data else ws.holdout_path
+    holdout = load_holdout(data, schema.label, schema.model_columns)
+    progress(f"offline gate: v{version} vs champion v{champion} on {len(holdout):,} held-out rows ({data}), "
+             f"{cfg.registry.bootstrap_resamples} paired bootstrap resamples")
+    cmp = compare_versions(name, champion, version, holdout, schema.label, schema.model_columns,
+                           cfg.registry.bootstrap_resamples, cfg.registry.bootstrap_seed)
+    decision = offline_gate(cmp, cfg.registry.promote_min_auc_delta, cfg.registry.promote_max_logloss_increase)
+    run_id = _log_evaluation(name, champion, version, data, cmp, decision, cfg)
+    outcome = PromotionOutcome(model_name=name, champion_before=champion, challenger=version, comparison=cmp,
+                               offline=decision, promoted=False, eval_run_id=run_id, reasons=list(decision.reasons))
+    if require_ab and (decision.passed or force):
+        outcome.ab = _online_gate(cfg, version, ab_spec, progress)
+        analysis = outcome.ab.analysis
+        client.set_model_version_tag(name, version, "gate.ab_run_id", outcome.ab.run_id or "")
+        client.set_model_version_tag(name, version, "gate.ab_passed", str(analysis.treatment_wins))
+        if analysis.srm.mismatch:
+            outcome.reasons.append(f"A/B sample-ratio mismatch (p = {analysis.srm.p_value:.2e}): the test is invalid")
+        elif not analysis.treatment_wins:
+            lift = analysis.lift
+            outcome.reasons.append("A/B test does not favour the challenger" + (
+                f": lift {lift.absolute_lift:+.4f}, p = {lift.p_value:.2e}" if lift else ": an arm got no traffic"))
+    if outcome.reasons and not force:
+        raise PromotionRefused(f"promotion of {name} v{version} refused:\n  - " + "\n  - ".join(outcome.reasons)
+                               + "\n(use --force to promote anyway)")
+    why = f"{reason}; eval run {run_id}" + ("; FORCED past: " + " | ".join(outcome.reasons) if outcome.reasons else "")
+    registry.promote(name, version, reason=why, expected_champion=champion)
+    outcome.promoted = True
+    return outcome
+
+
+def _online_gate(cfg: PipelineConfig, version: str, ab_spec, progress):
+    """Point ``challenger`` at ``version`` (recorded), serve champion vs challenger, simulate, stop."""
+    from mixrec.serving.abtest import SimulationSpec, simulate_served
+
+    name = cfg.registry.model_name
+    if registry._alias_version(mlflow.MlflowClient(), name, CHALLENGER) != version:
+        registry._move_alias(mlflow.MlflowClient(), name, CHALLENGER, version, reason="online A/B gate of a promotion")
+    arms = dict(cfg.serve.arms)
+    if CHAMPION not in arms or CHALLENGER not in arms:
+        raise RegistryError(f"--require-ab needs serve.arms with {CHAMPION!r} and {CHALLENGER!r}, got {arms}")
+    progress(f"online gate: serving champion and challenger v{version}, simulating users")
+    return simulate_served(cfg, ab_spec or SimulationSpec(), progress)
