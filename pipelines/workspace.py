@@ -41,6 +41,11 @@ class Workspace:
     def online_store_db(self) -> Path:
         return self.feast_repo / "online_store.db"
 
+    @property
+    def retrieved_dir(self) -> Path:
+        """Parquet shards of the point-in-time retrieval (the input of Ray Data)."""
+        return self.root / "retrieved"
+
     # --- pipeline state -------------------------------------------------------------------------------
     @property
     def quarantine_dir(self) -> Path:
