@@ -9,7 +9,7 @@ chunk's rows are counted before and after, the dropped ones quarantined with the
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mixrec.features import feast_repo
+from mixrec.features.dataset import SPLIT_COLUMN
 from mixrec.features.schema import DatasetSchema
 
 FEAST_DROPPED = "feast_point_in_time_join(no feature row within ttl)"
@@ -30,6 +31,17 @@ class RetrievalCounts:
     joined: int = 0
     dropped: int = 0
     shards: int = 0
+    # Finite min/max of each dense column over the train rows, gathered chunk by chunk on the way (GX ranges).
+    train_bounds: dict[str, list[float]] = field(default_factory=dict)
+
+    def update_bounds(self, table: pa.Table, columns: list[str], split_column: str) -> None:
+        train = np.asarray(table[split_column]) == "train" if split_column in table.column_names else None
+        for col in columns:
+            x = np.asarray(table[col], dtype=np.float64)
+            x = x[np.isfinite(x) & (train if train is not None else True)]
+            if x.size:
+                lo, hi = self.train_bounds.get(col, [np.inf, -np.inf])
+                self.train_bounds[col] = [min(lo, float(x.min())), max(hi, float(x.max()))]
 
 
 def entity_columns(schema: DatasetSchema, events_path: Path) -> list[str]:
@@ -71,6 +83,7 @@ def retrieve_to_shards(store, events_path: Path, schema: DatasetSchema, out_dir:
             counts.events += len(events)
             counts.joined += joined.num_rows
             counts.dropped += len(dropped)
+            counts.update_bounds(joined, [f.name for f in schema.dense], SPLIT_COLUMN)
             if joined.num_rows:
                 pq.write_table(joined, tmp_dir / f"part-{i:05d}.parquet")
                 counts.shards += 1

@@ -176,8 +176,8 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
 
     with timer.step("validate", "Ray Data + Great Expectations: validate every batch, quarantine bad rows"):
         rows = ray.data.read_parquet(str(ws.retrieved_dir))
-        ranges = validate.fit_dense_ranges_streaming(rows.filter(expr=f"{SPLIT_COLUMN} == 'train'"),
-                                                     [f.name for f in schema.dense], cfg.validate_.range_margin)
+        ranges = validate.widen_ranges(retrieval.train_bounds, [f.name for f in schema.dense],
+                                       cfg.validate_.range_margin)
         suite = validate.build_suite(schema, ranges)
         accepted, vresult = validate.validate_dataset(
             rows, suite, ws.quarantine_dir / "validation.parquet",
