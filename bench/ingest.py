@@ -50,6 +50,7 @@ dense:
 split: {policy: time, valid_fraction: 0.1, test_fraction: 0.1}
 """
 CHUNK = 1_000_000
+OBJECT_STORE_BYTES = 1 << 30
 USERS, ITEMS, DAYS = 20_000, 5_000, 14
 
 
@@ -97,8 +98,16 @@ def run_pipeline_child(folder: Path, workspace: Path) -> None:
     """Child process: the pipeline's data steps on the files; prints the step seconds as JSON."""
     from mixrec.pipelines.config import parse_config
     from mixrec.pipelines.pipeline import StepTimer, prepare_data
+    from mixrec.pipelines.runtime import init_ray, quiet_environment
     from mixrec.pipelines.workspace import Workspace
 
+    # A capped object store: Ray spills blocks to disk beyond it, which is what keeps memory flat as rows grow.
+    quiet_environment()
+    import ray
+
+    ray.init(address="local", num_cpus=2, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
+             log_to_driver=False)
+    init_ray()
     cfg = parse_config({"workspace": str(workspace), "data": {"schema": str(folder / "schema.yaml"), "root": str(folder)},
                         "features": {"retrieval_chunk_rows": 500_000}, "preprocess": {"min_count": 2}})
     ws = Workspace.resolve(cfg.workspace).create(fresh=True)
