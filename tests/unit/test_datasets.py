@@ -141,3 +141,15 @@ def test_preprocessor_string_vocab_and_hashing_are_deterministic():
     assert out["dense"][:, 0].tolist() == pytest.approx([-0.5, 0.0, 3.0])  # log1p, mean-imputed, clipped
     assert pre.layout().cardinalities == (3, 17)
     assert Preprocessor.from_json(pre.to_json()).transform(frame)["categorical"].tolist() == out["categorical"].tolist()
+
+
+def test_pipeline_config_names_a_bad_dataset_schema(tmp_path):
+    from mixrec.pipelines.config import ConfigError, parse_config
+    from mixrec.pipelines.pipeline import dataset_schema
+
+    with pytest.raises(ConfigError, match="data.schema: dataset schema file not found: .*nope.yaml"):
+        dataset_schema(parse_config({"data": {"schema": str(tmp_path / "nope.yaml")}}))
+    (tmp_path / "bad.yaml").write_text("name: x\nformat: csv\nfiles: {all: a.csv}\ncategorical: [a]\nlabel: 3\n")
+    with pytest.raises(ConfigError, match=r"data.schema: invalid dataset schema .*bad.yaml:\n  - label: "):
+        dataset_schema(parse_config({"data": {"schema": str(tmp_path / "bad.yaml")}}))
+    assert dataset_schema(parse_config({"data": {"schema": "configs/datasets/criteo.yaml"}})).name == "criteo"
