@@ -23,7 +23,6 @@ from .schema import DatasetSchema
 os.environ.setdefault("FEAST_USAGE", "False")
 
 FEATURE_SERVICE = "ranker_features"
-_FEAST_DTYPES = {"categorical": "Int64", "dense": "Float32"}
 
 
 def write_repo_config(repo_dir: Path, project: str, registry: str | dict[str, Any],
@@ -51,28 +50,58 @@ def open_store(repo_dir: Path):
     return FeatureStore(repo_path=str(repo_dir))
 
 
-def _feature_view(name: str, entity, fields, source_path: Path, ttl: timedelta):
-    from feast import FeatureView, Field, FileSource
-    from feast.types import Float32, Int64
+def _feast_type(arrow_type: pa.DataType, kind: str):
+    from feast.types import Float32, Int64, String
 
-    dtypes = {"Int64": Int64, "Float32": Float32}
-    source = FileSource(name=f"{name}_source", path=str(source_path), timestamp_field="event_timestamp",
-                        created_timestamp_column="created")
+    if kind == "dense":
+        return Float32
+    return String if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) else Int64
+
+
+def _source_path(sources: dict[str, Path], source: str) -> Path:
+    """The Parquet file of an entity source; the synthetic writer names them ``users``/``items``/``events``."""
+    legacy = {"user": "users", "item": "items", "row": "events"}
+    path = sources.get(source) or sources.get(legacy[source])
+    if path is None:
+        raise KeyError(f"no source file for the {source!r} features; got {sorted(sources)}")
+    return Path(path)
+
+
+def _feature_view(name: str, entity, fields, source_path: Path, timestamp: str, ttl: timedelta):
+    import pyarrow.parquet as pq
+    from feast import FeatureView, Field, FileSource
+
+    arrow = pq.read_schema(source_path)
+    created = "created" if "created" in arrow.names else None
+    source = FileSource(name=f"{name}_source", path=str(source_path), timestamp_field=timestamp,
+                        created_timestamp_column=created)
     return FeatureView(name=name, entities=[entity], ttl=ttl, source=source, online=True,
-                       schema=[Field(name=f.name, dtype=dtypes[_FEAST_DTYPES[f.kind]]) for f in fields])
+                       schema=[Field(name=f.name, dtype=_feast_type(arrow.field(f.name).type, f.kind)) for f in fields])
+
+
+def view_name(source: str) -> str:
+    return f"{source}_features"
 
 
 def build_definitions(schema: DatasetSchema, sources: dict[str, Path], ttl_days: int) -> list:
-    """Entities ``user`` and ``item``, a feature view for each, and the ranker's FeatureService."""
+    """One entity and one feature view per entity source of the schema (``user``, ``item``, ``row``: those
+    holding features), and the ranker's FeatureService over all views. ``sources`` maps the entity source to
+    its Parquet file. Entity files carry ``event_timestamp``; the row source carries the event timestamp."""
     from feast import Entity, FeatureService, ValueType
 
     ttl = timedelta(days=ttl_days)
-    user = Entity(name="user", join_keys=[schema.user_key], value_type=ValueType.INT64)
-    item = Entity(name="item", join_keys=[schema.item_key], value_type=ValueType.INT64)
-    user_fv = _feature_view("user_features", user, schema.from_source("user"), sources["users"], ttl)
-    item_fv = _feature_view("item_features", item, schema.from_source("item"), sources["items"], ttl)
-    service = FeatureService(name=FEATURE_SERVICE, features=[user_fv, item_fv])
-    return [user, item, user_fv, item_fv, service]
+    definitions, views = [], []
+    for source in schema.entity_sources:
+        key = schema.entity_key(source)
+        if key is None:
+            raise ValueError(f"schema {schema.name!r} has {source} features but no {source} key")
+        entity = Entity(name=source, join_keys=[key], value_type=ValueType.INT64)
+        timestamp = schema.timestamp if source == "row" else "event_timestamp"
+        view = _feature_view(view_name(source), entity, schema.from_source(source), _source_path(sources, source),
+                             timestamp, ttl)
+        definitions += [entity, view]
+        views.append(view)
+    return [*definitions, FeatureService(name=FEATURE_SERVICE, features=views)]
 
 
 def apply(store, definitions: list) -> None:
@@ -83,16 +112,20 @@ def historical_features(store, entity_df: pd.DataFrame) -> pa.Table:
     """Point-in-time join of the FeatureService's features onto labelled event rows.
 
     Feast drops an event row whose entity has no feature row inside the TTL window; callers compare row
-    counts (see pipelines.ingest) and quarantine what is missing instead of losing it silently.
+    counts (see pipelines.ingest.join_chunk) and quarantine what is missing instead of losing it silently.
     """
     job = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(FEATURE_SERVICE))
     return job.to_arrow()
 
 
-def materialize(store, start: datetime, end: datetime, marker: Path | None = None) -> None:
-    """Load the latest feature values in ``[start, end]`` into the online store, then (re)write ``marker``
-    (JSON: when and what window) so that serving replicas caching these features know to reload them."""
-    store.materialize(start_date=start, end_date=end)
+def materialize(store, start: datetime, end: datetime, sources: tuple[str, ...] = ("user", "item"),
+                marker: Path | None = None) -> None:
+    """Load the latest feature values in ``[start, end]`` of the given entity sources into the online store,
+    then (re)write ``marker`` (JSON: when and what window) so that serving replicas caching these features know
+    to reload them. Row-keyed features are not materialized: serving never looks up a past event by its id."""
+    names = [view_name(s) for s in sources]
+    if names:
+        store.materialize(start_date=start, end_date=end, feature_views=names)
     if marker is not None:
         write_materialized_marker(marker, {"start": start.isoformat(), "end": end.isoformat()})
 
@@ -107,7 +140,6 @@ def write_materialized_marker(marker: Path, details: dict | None = None) -> None
 
 def online_features(store, schema: DatasetSchema, source: str, keys: list[int]) -> dict[str, list]:
     """Latest feature values for entity ``keys`` (``source`` is ``user`` or ``item``); None where unknown."""
-    key = schema.user_key if source == "user" else schema.item_key
-    view = "user_features" if source == "user" else "item_features"
-    refs = [f"{view}:{f.name}" for f in schema.from_source(source)]
+    key = schema.entity_key(source)
+    refs = [f"{view_name(source)}:{f.name}" for f in schema.from_source(source)]
     return store.get_online_features(features=refs, entity_rows=[{key: int(k)} for k in keys]).to_dict()

@@ -1,8 +1,13 @@
 """The dataset schema: which columns are labels, keys, categorical and dense features, and where they live.
 
-A feature belongs to one of three sources: the ``user`` or ``item`` entity (looked up in Feast, offline by
-point-in-time join for training and online for serving) or the ``request`` itself (ids and context, carried on the
-event row in training and in the request body when serving).
+A feature belongs to one of four sources: the ``user`` or ``item`` entity (looked up in Feast, offline by
+point-in-time join for training and online for serving), the ``request`` itself (ids and context, carried on the
+event row in training and in the request body when serving), or the event ``row`` (datasets whose features
+come as one flat row, e.g. Criteo: Feast stores them under a row entity keyed by the event key, at the event's
+timestamp, so retrieval is still a point-in-time join).
+
+Datasets other than the built-in synthetic one are described by a YAML file (features/dataset.py) that
+compiles to a :class:`DatasetSchema`.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Source = Literal["user", "item", "request"]
+Source = Literal["user", "item", "request", "row"]
+ENTITY_SOURCES: tuple[Source, ...] = ("user", "item", "row")
 
 
 @dataclass(frozen=True)
@@ -20,16 +26,19 @@ class FeatureField:
     source: Source
     # Dense only: apply log1p before standardizing (heavy-tailed counts and prices).
     log1p: bool = False
+    # Missing values allowed (imputed: OOV for categorical, train mean for dense); else a null row is quarantined.
+    nullable: bool = False
 
 
 @dataclass(frozen=True)
 class DatasetSchema:
     label: str
     timestamp: str
-    user_key: str
-    item_key: str
+    user_key: str | None
+    item_key: str | None
     event_key: str
     fields: tuple[FeatureField, ...] = field(default_factory=tuple)
+    name: str = "synthetic"
 
     @property
     def categorical(self) -> tuple[FeatureField, ...]:
@@ -42,6 +51,20 @@ class DatasetSchema:
     def from_source(self, source: Source) -> tuple[FeatureField, ...]:
         return tuple(f for f in self.fields if f.source == source)
 
+    def entity_key(self, source: Source) -> str | None:
+        """Join key of an entity source (``row`` is keyed by the event key)."""
+        return {"user": self.user_key, "item": self.item_key, "row": self.event_key}.get(source)
+
+    @property
+    def entity_sources(self) -> tuple[Source, ...]:
+        """Entity sources that hold features, i.e. get a Feast entity and feature view."""
+        return tuple(s for s in ENTITY_SOURCES if self.from_source(s))
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Identifier columns of an event row: must never be null."""
+        return tuple(k for k in (self.event_key, self.user_key, self.item_key) if k)
+
     @property
     def model_columns(self) -> tuple[str, ...]:
         """Raw columns a model row needs (the ranker's input), categorical first."""
@@ -50,8 +73,7 @@ class DatasetSchema:
     @property
     def required_columns(self) -> tuple[str, ...]:
         """Every column a labelled training row must have."""
-        return (self.event_key, self.user_key, self.item_key, self.timestamp, self.label,
-                *(f.name for f in self.fields if f.name not in (self.user_key, self.item_key)))
+        return (*self.keys, self.timestamp, self.label, *(f.name for f in self.fields if f.name not in self.keys))
 
 
 # The synthetic CTR data set (features/synthetic.py). Ids are features too (categorical, with OOV).

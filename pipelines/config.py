@@ -25,9 +25,16 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """Synthetic CTR data (the embedded default dataset)."""
+    """The dataset: synthetic CTR data (the embedded default), or files described by a dataset schema YAML."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     source: Literal["synthetic"] = "synthetic"
+    schema_file: str | None = Field(None, alias="schema", description="dataset schema YAML (features/dataset.py); "
+                                    "set: read its files instead of generating synthetic data")
+    root: str | None = Field(None, description="folder the schema's relative file paths start from; "
+                             "default $MIXREC_DATA, else ../shared/data")
+    max_rows: int | None = Field(None, ge=1, description="read at most this many rows of each file (smoke runs)")
     num_events: int = Field(200_000, ge=100, description="labelled impressions to generate")
     num_users: int = Field(2_000, ge=10)
     num_items: int = Field(1_000, ge=10)
@@ -47,12 +54,20 @@ class FeaturesConfig(_Section):
         default_factory=lambda: {"type": "file"},
         description="Feast offline_store block: `file` (default) or the contrib `ray` store for data beyond one machine")
     ttl_days: int = Field(30, ge=1, description="feature view TTL: events older than this past a feature row are quarantined")
+    retrieval_chunk_rows: int = Field(500_000, ge=100, description="event rows per Feast historical retrieval "
+                                      "(bounds the driver's memory)")
 
 
 class ValidateConfig(_Section):
     max_failure_fraction: float = Field(0.05, ge=0.0, le=1.0, description="stop the run above this share of bad rows")
     range_margin: float = Field(0.25, ge=0.0, description="fitted dense ranges are widened by this share of their span")
     batch_size: int = Field(10_000, ge=100, description="rows per Great Expectations validation call")
+    min_rows: int = Field(1, ge=1, description="dataset-level: every split must keep at least this many rows")
+    max_label_rate_drift: float = Field(0.1, ge=0.0, le=1.0, description="dataset-level: |label rate of valid/test "
+                                        "- label rate of train| above this stops the run")
+    max_unseen_rate_increase: float = Field(0.5, ge=0.0, le=1.0, description="dataset-level: share of a categorical "
+                                            "field's values outside the train vocabulary (OOV) in valid/test, minus "
+                                            "the share in train, above this stops the run")
 
 
 class PreprocessConfig(_Section):
@@ -60,6 +75,9 @@ class PreprocessConfig(_Section):
     valid_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     clip_sigma: float = Field(5.0, gt=0.0)
+    hash_above: int = Field(100_000, ge=1, description="categorical fields with more distinct train values than "
+                            "this are hashed into hash_buckets buckets instead of getting a vocabulary")
+    hash_buckets: int = Field(2**18, ge=2)
 
 
 class ModelConfig(_Section):

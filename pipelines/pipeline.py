@@ -1,27 +1,31 @@
-"""The pipeline: generate -> Feast (apply, point-in-time retrieval, materialize) -> Ray Data + Great Expectations
+"""The pipeline: generate (or read a dataset from its schema file) -> Feast (apply, point-in-time retrieval, materialize) -> Ray Data + Great Expectations
 -> preprocess -> Ray Train -> MLflow registry. One function per step, run from one config."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mixrec.features import feast_repo
+from mixrec.features import adapters, feast_repo
+from mixrec.features.adapters import SourceInfo, split_by_time, time_cuts
+from mixrec.features.dataset import SPLIT_COLUMN, DatasetError, DatasetSpec, load_dataset_spec
 from mixrec.features.schema import SYNTHETIC_SCHEMA, DatasetSchema
 from mixrec.features.synthetic import generate, write_parquet_atomic, write_sources
 
 from .config import ConfigError, PipelineConfig
+from .ingest import join_chunk, retrieve_to_shards
 from .workspace import Workspace
 
-SPLIT_COLUMN = "split"
+DEFAULT_DATA_ROOT = "../shared/data"
 
 
 @dataclass
@@ -66,25 +70,12 @@ def setup_feature_store(cfg: PipelineConfig, ws: Workspace, schema: DatasetSchem
 
 def retrieve_training_rows(store, events: pd.DataFrame, schema: DatasetSchema, quarantine_path: Path
                            ) -> tuple[pa.Table, int]:
-    """Point-in-time join; event rows Feast dropped (no feature row inside the TTL) are quarantined, not lost."""
-    table = feast_repo.historical_features(store, events)
-    kept = np.asarray(table[schema.event_key])
-    dropped = events[~events[schema.event_key].isin(kept)]
+    """Point-in-time join of in-memory events; rows Feast dropped (no feature row inside the TTL) are
+    quarantined, not lost. The pipeline streams instead (pipelines.ingest.retrieve_to_shards)."""
+    table, dropped = join_chunk(store, events, schema)
     if len(dropped):
-        dropped = dropped.assign(_failed_expectations="feast_point_in_time_join(no feature row within ttl)")
         write_parquet_atomic(dropped, quarantine_path)
-    if table.num_rows + len(dropped) != len(events):
-        raise RuntimeError(f"feature retrieval returned {table.num_rows} rows for {len(events)} events "
-                           f"with {len(dropped)} dropped: rows duplicated by the join?")
     return table, len(dropped)
-
-
-def assign_time_split(table: pa.Table, timestamp: str, valid_fraction: float, test_fraction: float) -> pa.Table:
-    """Time-based split: the oldest rows train, then valid, then the newest test (cut at timestamp quantiles)."""
-    ts = np.asarray(table[timestamp].cast(pa.int64()))
-    train_end, valid_end = np.quantile(ts, [1 - valid_fraction - test_fraction, 1 - test_fraction])
-    split = np.where(ts <= train_end, "train", np.where(ts <= valid_end, "valid", "test"))
-    return table.append_column(SPLIT_COLUMN, pa.array(split))
 
 
 def check_model_config(cfg: PipelineConfig, schema: DatasetSchema = SYNTHETIC_SCHEMA) -> None:
@@ -99,37 +90,84 @@ def check_model_config(cfg: PipelineConfig, schema: DatasetSchema = SYNTHETIC_SC
         raise ConfigError(f"invalid model config (model.name={cfg.model.name!r}): {err}") from None
 
 
+def data_root(cfg: PipelineConfig) -> Path:
+    """Where a dataset schema's relative paths start: ``data.root``, else $MIXREC_DATA, else ../shared/data."""
+    return Path(cfg.data.root or os.environ.get("MIXREC_DATA") or DEFAULT_DATA_ROOT).expanduser()
+
+
+def dataset_spec(cfg: PipelineConfig) -> DatasetSpec | None:
+    """The dataset schema file of the config (None: the synthetic data); a bad file raises ConfigError."""
+    if not cfg.data.schema_file:
+        return None
+    try:
+        return load_dataset_spec(cfg.data.schema_file)
+    except DatasetError as err:
+        raise ConfigError(f"data.schema: {err}") from None
+
+
+def dataset_schema(cfg: PipelineConfig) -> DatasetSchema:
+    spec = dataset_spec(cfg)
+    return spec.to_schema() if spec else SYNTHETIC_SCHEMA
+
+
 @dataclass
 class PreparedData:
     """What the data steps hand to training: preprocessed, materialized Ray Datasets per split."""
 
     workspace: Workspace
     schema: DatasetSchema
-    tables: object  # SyntheticTables
     preprocessor: object  # Preprocessor
     datasets: dict  # split -> Ray Dataset with categorical, dense, label
     counts: dict
     suite: dict
     validation_summary: str
+    validation_report: dict = field(default_factory=dict)
+    example: pd.DataFrame | None = None  # a few raw model rows (the registered model's input example)
+    source_files: list[Path] = field(default_factory=list)  # the canonical Parquet sources (lineage digest)
+
+
+def write_synthetic_sources(cfg: PipelineConfig, ws: Workspace) -> SourceInfo:
+    """Generate the synthetic tables; the events carry their time-based split (preprocess fractions)."""
+    d = cfg.data
+    tables = generate(d.num_events, d.num_users, d.num_items, d.days, d.seed)
+    ts = pd.DatetimeIndex(tables.events["event_timestamp"]).asi8
+    cuts = time_cuts(ts, cfg.preprocess.valid_fraction, cfg.preprocess.test_fraction)
+    tables.events[SPLIT_COLUMN] = split_by_time(ts, cuts)
+    paths = write_sources(tables, ws.sources_dir)
+    return SourceInfo(events=paths["events"], entities={"user": paths["users"], "item": paths["items"]},
+                      rows=len(tables.events), min_time=tables.users["event_timestamp"].min(),
+                      max_time=tables.events["event_timestamp"].max())
+
+
+def load_sources(cfg: PipelineConfig, ws: Workspace, timer: StepTimer) -> tuple[DatasetSchema, SourceInfo]:
+    """Synthetic data, or the files of the config's dataset schema, as canonical Parquet sources."""
+    spec = dataset_spec(cfg)
+    if spec is None:
+        d = cfg.data
+        with timer.step("generate", f"generate {d.num_events:,} synthetic events ({d.num_users:,} users, {d.num_items:,} items)"):
+            return SYNTHETIC_SCHEMA, write_synthetic_sources(cfg, ws)
+    root = data_root(cfg)
+    with timer.step("ingest", f"read dataset {spec.name!r} ({spec.format}, {len(spec.files)} file(s) under {root})"):
+        info = adapters.write_sources(spec, root, ws.sources_dir, cfg.data.max_rows)
+        timer.progress(f"    {info.rows:,} rows: " + ", ".join(f"{k} {v:,}" for k, v in sorted(info.split_rows.items())))
+    return spec.to_schema(), info
 
 
 def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_address: str | None = None) -> PreparedData:
-    """generate -> Feast (apply, point-in-time retrieval, materialize) -> Ray Data + GX -> preprocess."""
+    """sources -> Feast (apply, chunked point-in-time retrieval, materialize) -> Ray Data + GX -> preprocess
+    -> dataset-level checks. Streaming: the driver holds one retrieval chunk and per-batch partials."""
     from .runtime import init_ray
 
-    schema = SYNTHETIC_SCHEMA
     progress = timer.progress
-    d = cfg.data
-
-    with timer.step("generate", f"generate {d.num_events:,} synthetic events ({d.num_users:,} users, {d.num_items:,} items)"):
-        tables = generate(d.num_events, d.num_users, d.num_items, d.days, d.seed)
-        sources = write_sources(tables, ws.sources_dir)
+    schema, info = load_sources(cfg, ws, timer)
 
     with timer.step("feast", "Feast: apply the feature repo, point-in-time retrieval, materialize"):
-        store = setup_feature_store(cfg, ws, schema, sources)
-        retrieved, dropped = retrieve_training_rows(store, tables.events, schema, ws.quarantine_dir / "feast_dropped.parquet")
-        feast_repo.materialize(store, tables.users["event_timestamp"].min().to_pydatetime(),
-                               tables.events["event_timestamp"].max().to_pydatetime(), ws.materialized_marker)
+        store = setup_feature_store(cfg, ws, schema, {"row": info.events, **info.entities})
+        retrieval = retrieve_to_shards(store, info.events, schema, ws.retrieved_dir,
+                                       ws.quarantine_dir / "feast_dropped.parquet", cfg.features.retrieval_chunk_rows)
+        start = info.min_time - pd.Timedelta(days=cfg.features.ttl_days)
+        feast_repo.materialize(store, start.to_pydatetime(), info.max_time.to_pydatetime(),
+                               tuple(s for s in schema.entity_sources if s != "row"), ws.materialized_marker)
 
     with timer.step("ray_init", "start Ray"):
         ray = init_ray(ray_address)  # init_ray imports ray.data too
@@ -138,41 +176,72 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
     from .preprocess import fit_preprocessor
 
     with timer.step("validate", "Ray Data + Great Expectations: validate every batch, quarantine bad rows"):
-        split_table = assign_time_split(retrieved, schema.timestamp, cfg.preprocess.valid_fraction,
-                                        cfg.preprocess.test_fraction)
-        train_mask = np.asarray(split_table[SPLIT_COLUMN]) == "train"
-        ranges = validate.fit_dense_ranges(split_table.filter(pa.array(train_mask)), [f.name for f in schema.dense],
-                                           cfg.validate_.range_margin)
+        rows = ray.data.read_parquet(str(ws.retrieved_dir))
+        ranges = validate.widen_ranges(retrieval.train_bounds, [f.name for f in schema.dense],
+                                       cfg.validate_.range_margin)
         suite = validate.build_suite(schema, ranges)
         accepted, vresult = validate.validate_dataset(
-            ray.data.from_arrow(split_table), suite, ws.quarantine_dir / "validation.parquet",
+            rows, suite, ws.quarantine_dir / "validation.parquet",
             cfg.validate_.max_failure_fraction, cfg.validate_.batch_size)
-        counts = {"events": len(tables.events), "feast_dropped": dropped, "validated": vresult.rows_in,
+        counts = {"events": info.rows, "feast_dropped": retrieval.dropped, "validated": vresult.rows_in,
                   "accepted": vresult.accepted, "quarantined": vresult.quarantined}
-        progress(f"    {vresult.summary()}; dropped by the point-in-time join: {dropped}")
+        progress(f"    {vresult.summary()}; dropped by the point-in-time join: {retrieval.dropped}")
 
     with timer.step("preprocess", "preprocess: fit vocabularies and dense stats on train, apply to all splits"):
+        p = cfg.preprocess
         splits = {name: accepted.filter(expr=f"{SPLIT_COLUMN} == '{name}'") for name in ("train", "valid", "test")}
-        preprocessor = fit_preprocessor(splits["train"], schema, cfg.preprocess.min_count, cfg.preprocess.clip_sigma)
+        preprocessor = fit_preprocessor(splits["train"], schema, p.min_count, p.clip_sigma, p.hash_above, p.hash_buckets)
         preprocessor.save(ws.artifacts_dir)
         prepared = {name: ds.map_batches(preprocessor.transform_batch, batch_format="pandas").materialize()
                     for name, ds in splits.items()}
         counts.update({f"{name}_rows": ds.count() for name, ds in prepared.items()})
         # Raw held-out rows (what a registered pyfunc takes): `mixrec promote` scores champion and challenger
-        # on them, each through its own preprocessing.
-        holdout = splits["test"].to_pandas()[[*schema.model_columns, schema.label]]
-        write_parquet_atomic(holdout, ws.holdout_path)
-    return PreparedData(workspace=ws, schema=schema, tables=tables, preprocessor=preprocessor, datasets=prepared,
-                        counts=counts, suite=suite, validation_summary=vresult.summary())
+        # on them, each through its own preprocessing. Written by Ray Data (no driver copy), then renamed.
+        write_dataset_atomic(splits["test"].select_columns([*schema.model_columns, schema.label]), ws.holdout_path)
+
+    with timer.step("dataset_checks", "Great Expectations on aggregates: row counts, label-rate and unseen-value drift"):
+        v = cfg.validate_
+        aggregates = validate.split_aggregates(prepared, preprocessor.categorical)
+        result = validate.check_dataset(aggregates, v.min_rows, v.max_label_rate_drift, v.max_unseen_rate_increase)
+        report, summary = validate.validation_report(vresult, aggregates, result, asdict(retrieval))
+        write_json_atomic(report, ws.artifacts_dir / "validation_report.json")
+        progress("    " + summary.replace("\n", "\n    "))
+        if not report["success"]:
+            raise validate.ValidationFailed(f"dataset-level validation failed (see "
+                                            f"{ws.artifacts_dir / 'validation_report.json'}):\n{summary}")
+    example = accepted.limit(5).to_pandas()[list(schema.model_columns)]
+    return PreparedData(workspace=ws, schema=schema, preprocessor=preprocessor, datasets=prepared, counts=counts,
+                        suite=suite, validation_summary=summary, validation_report=report, example=example,
+                        source_files=[info.events, *info.entities.values()])
+
+
+def write_dataset_atomic(ds, path: Path) -> Path:
+    """Ray Dataset -> a Parquet folder at ``path``, all or nothing: written beside it, then renamed."""
+    import shutil
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.write_parquet(str(tmp))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.replace(path)
+    return path
+
+
+def write_json_atomic(data: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+    return path
 
 
 def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[str], None] = print,
                  ray_address: str | None = None) -> PipelineResult:
-    check_model_config(cfg)
+    check_model_config(cfg, dataset_schema(cfg))
     ws = Workspace.resolve(cfg.workspace).create(fresh=fresh)
     timer = StepTimer(progress)
     data = prepare_data(cfg, ws, timer, ray_address)
-    schema, tables, preprocessor, prepared, counts = data.schema, data.tables, data.preprocessor, data.datasets, data.counts
+    schema, preprocessor, prepared, counts = data.schema, data.preprocessor, data.datasets, data.counts
 
     import mlflow
 
@@ -184,6 +253,7 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
         mlflow.log_params({"model.name": cfg.model.name, **{f"data.{k}": v for k, v in cfg.data.model_dump().items()}})
         mlflow.log_dict(cfg.to_dict(), "config.json")
         mlflow.log_dict(data.suite, "validation/suite.json")
+        mlflow.log_dict(data.validation_report, "validation/report.json")
         mlflow.log_text(data.validation_summary, "validation/summary.txt")
         mlflow.log_metrics({f"rows_{k}": v for k, v in counts.items()})
 
@@ -204,14 +274,12 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
         with timer.step("register", "MLflow: evaluate on test, log and register the model"):
             test_metrics = evaluate_checkpoint(outcome.checkpoint_dir, prepared["test"])
             mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
-            example = tables.events.head(5).merge(tables.users.drop_duplicates(schema.user_key, keep="last"),
-                                                  on=schema.user_key, suffixes=("", "_u")).merge(
-                tables.items, on=schema.item_key, suffixes=("", "_i"))[list(schema.model_columns)]
+            example = data.example
             registered = registry.log_and_register(
                 outcome.checkpoint_dir, example, cfg.registry.model_name,
                 tags={"model": cfg.model.name, "feast_feature_service": feast_repo.FEATURE_SERVICE,
                       "test_auc": f"{test_metrics['auc']:.5f}",
-                      **registry.lineage_tags([ws.sources_dir / f"{n}.parquet" for n in ("events", "users", "items")],
+                      **registry.lineage_tags(data.source_files,
                                               schema, feast_repo.FEATURE_SERVICE, cfg.to_dict())})
         mlflow.log_metrics({f"step_seconds_{k}": v for k, v in timer.seconds.items()})
         (ws.artifacts_dir / "last_run.json").write_text(json.dumps(

@@ -1,7 +1,9 @@
 """Preprocessing fitted on the training split and applied identically everywhere (train, valid, test, serving).
 
 The fitted state is one versioned JSON artifact (:class:`Preprocessor`): categorical vocabularies with a
-min-count (index 0 is the OOV bucket: rare, unseen or missing values) and dense statistics (optional log1p,
+min-count (index 0 is the OOV bucket: rare, unseen or missing values; values are integers or strings, e.g.
+Criteo's hashed ids), hashing into a fixed number of buckets for fields with more distinct train values than a
+threshold (index 0: missing), and dense statistics (optional log1p,
 standardization, clipping; missing values are imputed with the training mean). It is saved next to the model
 in MLflow and loaded by the ranker, so training-serving skew cannot happen by construction.
 """
@@ -9,7 +11,7 @@ in MLflow and loaded by the ranker, so training-serving skew cannot happen by co
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +35,16 @@ class DenseStats:
 class Preprocessor:
     categorical: list[str]
     dense: list[str]
-    vocabularies: dict[str, list[int]]  # field -> values in index order 1..n
+    vocabularies: dict[str, list[int] | list[str]]  # field -> values in index order 1..n (empty when hashed)
     dense_stats: dict[str, DenseStats]
     clip_sigma: float
     label: str
     version: int = ARTIFACT_VERSION
+    hashed: dict[str, int] = field(default_factory=dict)  # field -> buckets (ids 1..buckets; 0 = missing)
 
     def __post_init__(self):
         self._indexes = {f: pd.Index(v) for f, v in self.vocabularies.items()}
+        self._numeric = {f: all(isinstance(x, int) for x in v) for f, v in self.vocabularies.items()}
         # Build each Index's hash engine now: pandas builds it lazily, and first concurrent get_indexer calls
         # (a Serve replica runs requests in a thread pool) race on it and raise "Reindexing only valid with
         # uniquely valued Index objects" (seen as HTTP 500s right after a deploy).
@@ -49,7 +53,8 @@ class Preprocessor:
 
     # --- the model's view -------------------------------------------------------------------------------
     def layout(self) -> FeatureLayout:
-        return FeatureLayout(cardinalities=tuple(len(self.vocabularies[f]) + 1 for f in self.categorical),
+        return FeatureLayout(cardinalities=tuple(self.hashed[f] + 1 if f in self.hashed else len(self.vocabularies[f]) + 1
+                                                 for f in self.categorical),
                              n_dense=len(self.dense))
 
     def transform(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -64,9 +69,13 @@ class Preprocessor:
         n = len(frame)
         cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
         for j, name in enumerate(self.categorical):
-            values = pd.to_numeric(frame[name], errors="coerce")
-            idx = self._indexes[name].get_indexer(values.astype("float64"))  # -1 where unseen or NaN
-            cat[:, j] = idx + 1
+            if name in self.hashed:
+                cat[:, j] = hash_to_buckets(frame[name], self.hashed[name])
+            elif self._numeric[name]:
+                values = pd.to_numeric(frame[name], errors="coerce")
+                cat[:, j] = self._indexes[name].get_indexer(values.astype("float64")) + 1  # -1 where unseen or NaN
+            else:
+                cat[:, j] = self._indexes[name].get_indexer(frame[name].astype(object)) + 1
         dense = np.zeros((n, len(self.dense)), dtype=np.float32)
         for j, name in enumerate(self.dense):
             s = self.dense_stats[name]
@@ -111,35 +120,60 @@ class Preprocessor:
         return cls.from_json(json.loads((Path(directory) / ARTIFACT_NAME).read_text()))
 
 
+def _canonical(values: pd.Series) -> pd.Series:
+    """Categorical values as strings, integers without a decimal point (12, not 12.0); missing stays missing."""
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return pd.to_numeric(values, errors="coerce").astype("Int64").astype("string")
+    return values.astype("string")
+
+
+def hash_to_buckets(values: pd.Series, buckets: int) -> np.ndarray:
+    """Stable hash of each value into ids 1..buckets (0 for missing): same id in every process and run."""
+    text = _canonical(values)
+    missing = text.isna().to_numpy()
+    hashed = pd.util.hash_array(text.fillna("").to_numpy(dtype=object))
+    return np.where(missing, 0, 1 + (hashed % np.uint64(buckets)).astype(np.int64))
+
+
 def _partial_stats(batch: pd.DataFrame, categorical: list[str], dense: list[tuple[str, bool]]) -> pd.DataFrame:
-    """Per-batch value counts and dense moments, as rows (stat, field, value, count, sum, sumsq)."""
+    """Per-batch value counts and dense moments, as rows (stat, field, value, numeric, count, sum, sumsq);
+    categorical values travel as strings (``numeric`` says whether to read them back as integers)."""
     parts = []
     for name in categorical:
-        vc = batch[name].dropna().astype("int64").value_counts()
-        parts.append(pd.DataFrame({"stat": "count", "field": name, "value": vc.index.to_numpy(np.int64),
-                                   "count": vc.to_numpy(np.int64), "sum": 0.0, "sumsq": 0.0}))
+        numeric = pd.api.types.is_numeric_dtype(batch[name].dtype)
+        vc = _canonical(batch[name]).dropna().value_counts()
+        parts.append(pd.DataFrame({"stat": "count", "field": name, "value": vc.index.to_numpy(dtype=object).astype(str),
+                                   "numeric": numeric, "count": vc.to_numpy(np.int64), "sum": 0.0, "sumsq": 0.0}))
     for name, log1p in dense:
         x = pd.to_numeric(batch[name], errors="coerce").to_numpy(np.float64)
         if log1p:
             x = np.log1p(np.clip(x, 0.0, None))
         x = x[np.isfinite(x)]
-        parts.append(pd.DataFrame({"stat": ["moments"], "field": [name], "value": [0], "count": [x.size],
+        parts.append(pd.DataFrame({"stat": ["moments"], "field": [name], "value": [""], "numeric": [True],
+                                   "count": [x.size],
                                    "sum": [x.sum()], "sumsq": [(x * x).sum()]}))
     return pd.concat(parts, ignore_index=True)
 
 
-def fit_preprocessor(train_ds, schema: DatasetSchema, min_count: int, clip_sigma: float) -> Preprocessor:
+def fit_preprocessor(train_ds, schema: DatasetSchema, min_count: int, clip_sigma: float,
+                     hash_above: int = 100_000, hash_buckets: int = 2**18) -> Preprocessor:
     """Fit on the training split as a streaming reduction: each Ray Data batch yields partial counts and
-    moments; only these (vocabulary-sized) partials reach the driver."""
+    moments; only these (vocabulary-sized) partials reach the driver. A field with more than ``hash_above``
+    distinct train values is hashed into ``hash_buckets`` buckets."""
     categorical = [f.name for f in schema.categorical]
     dense = [(f.name, f.log1p) for f in schema.dense]
     partials = train_ds.map_batches(_partial_stats, fn_kwargs={"categorical": categorical, "dense": dense},
                                     batch_format="pandas").to_pandas()
-    vocabularies = {}
+    vocabularies, hashed = {}, {}
     for name in categorical:
         rows = partials[(partials["stat"] == "count") & (partials["field"] == name)]
         counts = rows.groupby("value")["count"].sum()
-        vocabularies[name] = sorted(int(v) for v in counts.index[counts.to_numpy() >= min_count])
+        if len(counts) > hash_above:
+            vocabularies[name], hashed[name] = [], hash_buckets
+            continue
+        kept = counts.index[counts.to_numpy() >= min_count]
+        numeric = bool(rows["numeric"].all())
+        vocabularies[name] = sorted(int(v) for v in kept) if numeric else sorted(str(v) for v in kept)
     stats = {}
     for name, log1p in dense:
         rows = partials[(partials["stat"] == "moments") & (partials["field"] == name)]
@@ -150,4 +184,4 @@ def fit_preprocessor(train_ds, schema: DatasetSchema, min_count: int, clip_sigma
         std = float(np.sqrt(max(ss / n - mean * mean, 0.0))) or 1.0
         stats[name] = DenseStats(mean=float(mean), std=std, log1p=log1p)
     return Preprocessor(categorical=categorical, dense=[d for d, _ in dense], vocabularies=vocabularies,
-                        dense_stats=stats, clip_sigma=clip_sigma, label=schema.label)
+                        dense_stats=stats, clip_sigma=clip_sigma, label=schema.label, hashed=hashed)

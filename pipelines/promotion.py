@@ -43,7 +43,7 @@ class PromotionOutcome:
 def load_holdout(path: Path, label: str, columns: tuple[str, ...]) -> pd.DataFrame:
     """The held-out rows (Parquet, model columns + label); errors name the file and the missing columns."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RegistryError(f"held-out data not found: {path} (run the pipeline, or pass --data FILE.parquet)")
     frame = pd.read_parquet(path)
     missing = [c for c in (*columns, label) if c not in frame.columns]
@@ -86,7 +86,9 @@ def gated_promote(cfg: PipelineConfig, version: str, *, force: bool = False, req
                   progress: Callable[[str], None] = print) -> PromotionOutcome:
     """Evaluate ``version`` against the current champion and move ``champion`` to it when the gates pass (or
     ``force``). Raises :class:`PromotionRefused` when they fail. Tracking must be set up by the caller."""
-    from mixrec.features.schema import SYNTHETIC_SCHEMA as schema
+    from .pipeline import dataset_schema
+
+    schema = dataset_schema(cfg)
 
     ws = Workspace.resolve(cfg.workspace)
     name, version = cfg.registry.model_name, str(version)

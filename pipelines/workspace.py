@@ -47,6 +47,11 @@ class Workspace:
         features when it changes."""
         return self.feast_repo / "materialized.json"
 
+    @property
+    def retrieved_dir(self) -> Path:
+        """Parquet shards of the point-in-time retrieval (the input of Ray Data)."""
+        return self.root / "retrieved"
+
     # --- pipeline state -------------------------------------------------------------------------------
     @property
     def quarantine_dir(self) -> Path:

@@ -1,0 +1,175 @@
+"""Declarative dataset schema files: a YAML description of a dataset that compiles to a :class:`DatasetSchema`.
+
+A new dataset needs only such a file (see docs/datasets.md)::
+
+    name: frappe
+    format: parquet                 # csv | parquet | criteo_tsv | libfm
+    files: {train: frappe/train.parquet, valid: frappe/valid.parquet, test: frappe/test.parquet}
+    label: label
+    entities: {user: {key: user}, item: {key: item}}
+    categorical: [user, item, daytime, weekday]
+    dense: [{name: cnt, log1p: true}]
+    split: {policy: given}          # given | time | random
+
+Relative file paths are resolved against the data root (``data.root`` in the pipeline config, else
+``$MIXREC_DATA``, else ``../shared/data``). Validation names every bad field, like the pipeline config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .schema import DatasetSchema, FeatureField
+
+# Columns the adapters add when a dataset has no event key or no timestamp.
+ROW_ID = "_row_id"
+EVENT_TIME = "_event_timestamp"
+SPLIT_COLUMN = "split"
+SPLITS = ("train", "valid", "test")
+
+# Criteo Display Advertising Challenge TSV: label, 13 integer counts, 26 hashed categoricals, no header.
+CRITEO_DENSE = tuple(f"I{i}" for i in range(1, 14))
+CRITEO_CATEGORICAL = tuple(f"C{i}" for i in range(1, 27))
+CRITEO_COLUMNS = ("label", *CRITEO_DENSE, *CRITEO_CATEGORICAL)
+
+
+class DatasetError(ValueError):
+    """A dataset schema or data file that cannot be used; the message names the file and the field or column."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FieldSpec(_Strict):
+    name: str = Field(min_length=1)
+    source: str = Field("row", description="row (default), request, or an entity name (user/item) with a file")
+    log1p: bool = Field(False, description="dense only: log1p before standardizing (counts)")
+    nullable: bool = Field(True, description="missing values are imputed; false: a null quarantines the row")
+
+
+class EntitySpec(_Strict):
+    key: str = Field(min_length=1, description="join key column, on the event rows and in the entity file")
+    file: str | None = Field(None, description="entity feature table (Parquet) with one row per key and time")
+    timestamp: str = Field("event_timestamp", description="time column of the entity file")
+
+
+class SplitSpec(_Strict):
+    policy: Literal["given", "time", "random"] = "given"
+    valid_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    seed: int = 0
+
+
+class DatasetSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
+    format: Literal["csv", "parquet", "criteo_tsv", "libfm"]
+    files: dict[str, str] = Field(description="split -> path for policy `given`, else {all: path} or any names")
+    columns: list[str] | None = Field(None, description="column names of header-less csv / libfm files")
+    delimiter: str = Field(",", min_length=1, max_length=1, description="csv only")
+    header: bool = Field(True, description="csv only: first line holds the column names")
+    label: str = "label"
+    event_key: str | None = Field(None, description=f"unique event id column; default: a row id `{ROW_ID}`")
+    timestamp: str | None = Field(None, description=f"event time column; default: `{EVENT_TIME}` from row order")
+    entities: dict[Literal["user", "item"], EntitySpec] = Field(default_factory=dict)
+    categorical: list[str | FieldSpec] = Field(default_factory=list)
+    dense: list[str | FieldSpec] = Field(default_factory=list)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSpec:
+        problems = []
+        names = [f.name for f in self.fields()]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            problems.append(f"categorical/dense: field(s) declared twice: {dupes}")
+        if not names:
+            problems.append("categorical/dense: declare at least one feature field")
+        for kind, f in self.fields_with_kind():
+            allowed = {"row", "request", *(e for e, spec in self.entities.items() if spec.file)}
+            if f.source not in allowed:
+                problems.append(f"{kind}.{f.name}.source: {f.source!r} is not one of {sorted(allowed)} "
+                                "(an entity source needs entities.<name>.file)")
+            if f.log1p and kind == "categorical":
+                problems.append(f"categorical.{f.name}.log1p: only dense fields take log1p")
+        if self.split.policy == "given" and set(self.files) != set(SPLITS):
+            problems.append(f"files: split policy `given` needs exactly {list(SPLITS)}, got {sorted(self.files)}")
+        if self.split.policy == "time" and not self.timestamp:
+            problems.append("split.policy: `time` needs a `timestamp` column")
+        if self.format == "libfm" and not self.columns:
+            problems.append("columns: libfm files need the field names (label first), one per position")
+        if self.format == "criteo_tsv" and self.columns and tuple(self.columns) != CRITEO_COLUMNS:
+            problems.append("columns: criteo_tsv has the fixed layout label, I1..I13, C1..C26; leave it out")
+        if not self.files:
+            problems.append("files: name at least one file")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # --- the fields -----------------------------------------------------------------------------------
+    def fields_with_kind(self) -> list[tuple[str, FieldSpec]]:
+        as_spec = lambda f: FieldSpec(name=f) if isinstance(f, str) else f  # noqa: E731
+        return ([("categorical", as_spec(f)) for f in self.categorical]
+                + [("dense", as_spec(f)) for f in self.dense])
+
+    def fields(self) -> list[FieldSpec]:
+        return [f for _, f in self.fields_with_kind()]
+
+    @property
+    def event_key_column(self) -> str:
+        return self.event_key or ROW_ID
+
+    @property
+    def timestamp_column(self) -> str:
+        return self.timestamp or EVENT_TIME
+
+    def raw_columns(self) -> list[str]:
+        """Columns read from the event files (entity-sourced fields come from the entity files)."""
+        keys = [e.key for e in self.entities.values()]
+        own = [f.name for f in self.fields() if f.source in ("row", "request") and f.name not in keys]
+        extra = [c for c in (self.event_key, self.timestamp) if c]
+        return list(dict.fromkeys([self.label, *extra, *keys, *own]))
+
+    def to_schema(self) -> DatasetSchema:
+        """The pipeline's schema. Entity keys ride on the event row (source ``request``), everything else
+        declared ``row`` is stored in Feast under the row entity."""
+        keys = {e.key for e in self.entities.values()}
+        fields = tuple(FeatureField(f.name, kind, "request" if f.name in keys else f.source,  # type: ignore[arg-type]
+                                    log1p=f.log1p, nullable=f.nullable)
+                       for kind, f in self.fields_with_kind())
+        user, item = self.entities.get("user"), self.entities.get("item")
+        return DatasetSchema(label=self.label, timestamp=self.timestamp_column, event_key=self.event_key_column,
+                             user_key=user.key if user else None, item_key=item.key if item else None,
+                             fields=fields, name=self.name)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid dataset schema {source}:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  - {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_dataset_spec(data: dict, source: str = "(dict)") -> DatasetSpec:
+    try:
+        return DatasetSpec.model_validate(data)
+    except ValidationError as err:
+        raise DatasetError(_format_errors(err, source)) from None
+
+
+def load_dataset_spec(path: str | Path) -> DatasetSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"dataset schema file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise DatasetError(f"dataset schema {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"dataset schema {path} must hold a mapping, got {type(data).__name__}")
+    return parse_dataset_spec(data, str(path))
