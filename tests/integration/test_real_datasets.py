@@ -4,13 +4,15 @@ ingest, Feast, Ray Data + GX, preprocessing, Ray Train, MLflow registry -- from 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import SHARED_DATA
 
 from mixrec.pipelines.config import load_config, parse_config
 from mixrec.pipelines.pipeline import run_pipeline
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # beside the repository, never in it
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data folder {SHARED_DATA} is absent "
