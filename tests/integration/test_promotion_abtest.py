@@ -84,7 +84,7 @@ def versions(ray_session, tmp_path_factory, free_port):
     tmp = tmp_path_factory.mktemp("copies")
     config_file = tmp / "config.yaml"  # for the CLI commands
     config_file.write_text(yaml.safe_dump(cfg.to_dict()))
-    shutil.copy(result.workspace.holdout_path, tmp / "holdout.parquet")
+    pd.read_parquet(result.workspace.holdout_path).to_parquet(tmp / "holdout.parquet")  # a folder of parts -> a file
     twin = _register_copy("1", tmp, None, "aa-twin")
     random = _register_copy("1", tmp, 1234, "random-init")
     assert (result.version, twin, random) == ("1", "2", "3")
