@@ -147,8 +147,9 @@ class DatasetSpec(_Strict):
                              fields=fields, name=self.name)
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid dataset schema {source}:"]
+def format_validation_errors(err: ValidationError, heading: str) -> str:
+    """One line per bad field (its dotted path and pydantic's message), under ``heading``."""
+    lines = [f"{heading}:"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         lines.append(f"  - {where}: {e['msg']}")
@@ -159,7 +160,7 @@ def parse_dataset_spec(data: dict, source: str = "(dict)") -> DatasetSpec:
     try:
         return DatasetSpec.model_validate(data)
     except ValidationError as err:
-        raise DatasetError(_format_errors(err, source)) from None
+        raise DatasetError(format_validation_errors(err, f"invalid dataset schema {source}")) from None
 
 
 def load_dataset_spec(path: str | Path) -> DatasetSpec:

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mixrec.features.dataset import format_validation_errors
+
 
 class ConfigError(ValueError):
     """A pipeline config that cannot be used; the message names every bad field."""
@@ -192,19 +194,11 @@ class PipelineConfig(_Section):
         return self.model_dump(mode="json", by_alias=True)
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid pipeline config {source}:"]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  - {where}: {e['msg']}")
-    return "\n".join(lines)
-
-
 def parse_config(data: dict[str, Any] | None, source: str = "(dict)") -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data or {})
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(format_validation_errors(err, f"invalid pipeline config {source}")) from None
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
