@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -50,6 +51,7 @@ dense:
 split: {policy: time, valid_fraction: 0.1, test_fraction: 0.1}
 """
 CHUNK = 1_000_000
+STEP_LINE = re.compile(r"^\[\d+\] (.*)")  # the pipeline's progress line that starts a step
 OBJECT_STORE_BYTES = 1 << 30
 USERS, ITEMS, DAYS = 20_000, 5_000, 14
 
@@ -116,50 +118,70 @@ def run_pipeline_child(folder: Path, workspace: Path) -> None:
     print(json.dumps({"seconds": timer.seconds, "counts": data.counts}))
 
 
-def _tree_memory(pid: int) -> tuple[int, int]:
-    """(sum of RSS, sum of PSS) in bytes over a process and its descendants. PSS splits shared pages (the
-    object store) between the processes mapping them, so its sum does not count them twice."""
+def _tree_memory(pid: int) -> tuple[int, int, int]:
+    """(sum of RSS, sum of PSS, PSS of the root process) in bytes over a process and its descendants. PSS
+    splits shared pages (the object store) between the processes mapping them, so its sum does not count
+    them twice."""
     import psutil
 
-    rss = pss = 0
+    rss = pss = root_pss = 0
     try:
         root = psutil.Process(pid)
         for p in [root, *root.children(recursive=True)]:
             try:
                 info = p.memory_full_info()
                 rss, pss = rss + info.rss, pss + info.pss
+                root_pss = info.pss if p.pid == pid else root_pss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
     except psutil.NoSuchProcess:
         pass
-    return rss, pss
+    return rss, pss, root_pss
 
 
 def measure(folder: Path, workspace: Path) -> dict:
+    """Run the child; sample the process tree's memory once a second, attributing each peak to the pipeline
+    step running at the time (the child's "[n] ..." progress lines on stderr mark the steps)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0"}
     t0 = time.perf_counter()
     child = subprocess.Popen([sys.executable, __file__, "--child", str(folder), str(workspace)],
-                             stdout=subprocess.PIPE, env=env, text=True)
-    peak = {"rss": 0, "pss": 0}
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    peak = {"rss": 0, "pss": 0, "driver_pss": 0}
+    step_peak: dict[str, float] = {}
+    current = ["start"]
     done = threading.Event()
+
+    def follow_steps():
+        for line in child.stderr:
+            sys.stderr.write(line)
+            step = STEP_LINE.match(line)
+            if step:
+                current[0] = step.group(1).split(":")[0].strip(" .")[:40]
 
     def sample():
         while not done.is_set():
-            rss, pss = _tree_memory(child.pid)
+            rss, pss, driver = _tree_memory(child.pid)
             peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+            peak["driver_pss"] = max(peak["driver_pss"], driver)
+            step_peak[current[0]] = max(step_peak.get(current[0], 0.0), round(pss / 2**30, 2))
             done.wait(1.0)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, _ = child.communicate()
+    threads = [threading.Thread(target=f, daemon=True) for f in (follow_steps, sample)]
+    for t in threads:
+        t.start()
+    out = child.stdout.read()
+    child.wait()
     done.set()
-    sampler.join()
+    for t in threads:
+        t.join()
     if child.returncode:
         raise SystemExit(f"pipeline child failed with exit code {child.returncode}")
     result = json.loads(out.strip().splitlines()[-1])
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     result["peak_tree_pss_gib"] = round(peak["pss"] / 2**30, 2)
     result["peak_tree_rss_gib"] = round(peak["rss"] / 2**30, 2)
+    result["peak_driver_pss_gib"] = round(peak["driver_pss"] / 2**30, 2)
+    result["peak_pss_gib_by_step"] = step_peak
     return result
 
 
@@ -187,7 +209,8 @@ def main() -> None:
         print(f"{rows:>11,} rows: pipeline {r['pipeline_rows_per_s']:>9,} rows/s ({seconds:.0f} s: "
               + ", ".join(f"{s} {r['seconds'].get(s, 0):.0f}" for s in steps)
               + f"), baseline {r['baseline_rows_per_s']:>11,} rows/s, baseline/pipeline {r['ratio']}x, "
-              f"peak memory of the process tree: PSS {r['peak_tree_pss_gib']} GiB (RSS sum {r['peak_tree_rss_gib']} GiB)",
+              f"peak memory of the process tree: PSS {r['peak_tree_pss_gib']} GiB (RSS sum {r['peak_tree_rss_gib']} GiB, "
+              f"driver PSS {r['peak_driver_pss_gib']} GiB); peak PSS by step {r['peak_pss_gib_by_step']}",
               flush=True)
     print(json.dumps(summary, indent=2))
 

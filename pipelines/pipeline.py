@@ -23,6 +23,7 @@ from mixrec.features.synthetic import generate, write_parquet_atomic, write_sour
 
 from .config import ConfigError, PipelineConfig
 from .ingest import join_chunk, retrieve_to_shards
+from .storage import write_dataset_atomic, write_json_atomic
 from .workspace import Workspace
 
 DEFAULT_DATA_ROOT = "../shared/data"
@@ -172,6 +173,8 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
     with timer.step("ray_init", "start Ray"):
         ray = init_ray(ray_address)  # init_ray imports ray.data too
 
+    from ray.data.expressions import col
+
     from . import validate
     from .preprocess import fit_preprocessor
 
@@ -182,26 +185,31 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
         suite = validate.build_suite(schema, ranges)
         accepted, vresult = validate.validate_dataset(
             rows, suite, ws.quarantine_dir / "validation.parquet",
-            cfg.validate_.max_failure_fraction, cfg.validate_.batch_size)
+            cfg.validate_.max_failure_fraction, cfg.validate_.batch_size, validated_dir=ws.validated_dir)
         counts = {"events": info.rows, "feast_dropped": retrieval.dropped, "validated": vresult.rows_in,
                   "accepted": vresult.accepted, "quarantined": vresult.quarantined}
         progress(f"    {vresult.summary()}; dropped by the point-in-time join: {retrieval.dropped}")
 
     with timer.step("preprocess", "preprocess: fit vocabularies and dense stats on train, apply to all splits"):
         p = cfg.preprocess
-        splits = {name: accepted.filter(expr=f"{SPLIT_COLUMN} == '{name}'") for name in ("train", "valid", "test")}
+        splits = {name: accepted.filter(expr=col(SPLIT_COLUMN) == name) for name in ("train", "valid", "test")}
         preprocessor = fit_preprocessor(splits["train"], schema, p.min_count, p.clip_sigma, p.hash_above, p.hash_buckets)
         preprocessor.save(ws.artifacts_dir)
-        prepared = {name: ds.map_batches(preprocessor.transform_batch, batch_format="pandas").materialize()
-                    for name, ds in splits.items()}
-        counts.update({f"{name}_rows": ds.count() for name, ds in prepared.items()})
+        # Each split streams through the transform to Parquet on disk (not the object store): memory stays flat
+        # as the data grows, and training reads the prepared rows lazily, epoch by epoch.
+        prepared = {}
+        for name, ds in splits.items():
+            write_dataset_atomic(ds.map_batches(preprocessor.transform_batch, batch_format="pandas"),
+                                 ws.prepared_dir / name)
+            prepared[name] = ray.data.read_parquet(str(ws.prepared_dir / name))
         # Raw held-out rows (what a registered pyfunc takes): `mixrec promote` scores champion and challenger
-        # on them, each through its own preprocessing. Written by Ray Data (no driver copy), then renamed.
+        # on them, each through its own preprocessing.
         write_dataset_atomic(splits["test"].select_columns([*schema.model_columns, schema.label]), ws.holdout_path)
 
     with timer.step("dataset_checks", "Great Expectations on aggregates: row counts, label-rate and unseen-value drift"):
         v = cfg.validate_
         aggregates = validate.split_aggregates(prepared, preprocessor.categorical)
+        counts.update({f"{r['split']}_rows": int(r["rows"]) for r in aggregates.to_dict("records")})
         result = validate.check_dataset(aggregates, v.min_rows, v.max_label_rate_drift, v.max_unseen_rate_increase)
         report, summary = validate.validation_report(vresult, aggregates, result, asdict(retrieval))
         write_json_atomic(report, ws.artifacts_dir / "validation_report.json")
@@ -213,26 +221,6 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
     return PreparedData(workspace=ws, schema=schema, preprocessor=preprocessor, datasets=prepared, counts=counts,
                         suite=suite, validation_summary=summary, validation_report=report, example=example,
                         source_files=[info.events, *info.entities.values()])
-
-
-def write_dataset_atomic(ds, path: Path) -> Path:
-    """Ray Dataset -> a Parquet folder at ``path``, all or nothing: written beside it, then renamed."""
-    import shutil
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ds.write_parquet(str(tmp))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.replace(path)
-    return path
-
-
-def write_json_atomic(data: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
-    return path
 
 
 def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[str], None] = print,

@@ -155,20 +155,60 @@ def _partial_stats(batch: pd.DataFrame, categorical: list[str], dense: list[tupl
     return pd.concat(parts, ignore_index=True)
 
 
+class PartialStats:
+    """Running totals of :func:`_partial_stats` frames: rows with the same (stat, field, value) are summed
+    whenever enough have accumulated; a field whose distinct values exceed ``hash_above`` is dropped from
+    the totals (it will be hashed: its vocabulary is not needed)."""
+
+    KEYS = ["stat", "field", "value", "numeric"]
+
+    def __init__(self, hash_above: int, compact_rows: int = 1_000_000):
+        self.hash_above, self.compact_rows = hash_above, compact_rows
+        self.overflowed: set[str] = set()
+        self._parts: list[pd.DataFrame] = []
+        self._pending = 0
+
+    def add(self, partial: pd.DataFrame) -> None:
+        if self.overflowed:
+            partial = partial[~partial["field"].isin(self.overflowed)]
+        self._parts.append(partial)
+        self._pending += len(partial)
+        if self._pending >= self.compact_rows:
+            self._compact()
+
+    def _compact(self) -> None:
+        frame = pd.concat(self._parts, ignore_index=True)
+        frame = frame.groupby(self.KEYS, as_index=False, sort=False)[["count", "sum", "sumsq"]].sum()
+        distinct = frame[frame["stat"] == "count"].groupby("field").size()
+        self.overflowed |= set(distinct.index[distinct.to_numpy() > self.hash_above])
+        frame = frame[~frame["field"].isin(self.overflowed)]
+        self._parts, self._pending = [frame], len(frame)
+
+    def result(self) -> pd.DataFrame:
+        if not self._parts:
+            return pd.DataFrame(columns=[*self.KEYS, "count", "sum", "sumsq"])
+        self._compact()
+        return self._parts[0]
+
+
 def fit_preprocessor(train_ds, schema: DatasetSchema, min_count: int, clip_sigma: float,
                      hash_above: int = 100_000, hash_buckets: int = 2**18) -> Preprocessor:
     """Fit on the training split as a streaming reduction: each Ray Data batch yields partial counts and
-    moments; only these (vocabulary-sized) partials reach the driver. A field with more than ``hash_above``
-    distinct train values is hashed into ``hash_buckets`` buckets."""
+    moments, which the driver folds into running totals as they arrive (:class:`PartialStats`), so its memory
+    is bounded by the vocabularies, not the rows. A field with more than ``hash_above`` distinct train values
+    is hashed into ``hash_buckets`` buckets (and its values stop being counted as soon as it crosses that)."""
     categorical = [f.name for f in schema.categorical]
     dense = [(f.name, f.log1p) for f in schema.dense]
-    partials = train_ds.map_batches(_partial_stats, fn_kwargs={"categorical": categorical, "dense": dense},
-                                    batch_format="pandas").to_pandas()
+    totals = PartialStats(hash_above)
+    for batch in train_ds.map_batches(_partial_stats, fn_kwargs={"categorical": categorical, "dense": dense},
+                                      batch_format="pandas").iter_batches(batch_format="pandas", batch_size=None):
+        totals.add(batch)
+    partials = totals.result()
     vocabularies, hashed = {}, {}
     for name in categorical:
         rows = partials[(partials["stat"] == "count") & (partials["field"] == name)]
         counts = rows.groupby("value")["count"].sum()
-        if len(counts) > hash_above:
+        if name in totals.overflowed or len(counts) > hash_above:
             vocabularies[name], hashed[name] = [], hash_buckets
             continue
         kept = counts.index[counts.to_numpy() >= min_count]

@@ -139,38 +139,80 @@ class BatchValidator:
         return batch
 
 
+def _failure_counts(batch: pd.DataFrame) -> pd.DataFrame:
+    """Per-batch row count of each distinct ``_failed_expectations`` value ("" = accepted)."""
+    vc = batch[FAILED_COLUMN].value_counts()
+    return pd.DataFrame({"failed": vc.index.astype(str), "rows": vc.to_numpy(np.int64)})
+
+
 def validate_dataset(ds, suite_json: dict, quarantine_path: Path, max_failure_fraction: float,
-                     batch_size: int = 10_000) -> tuple[object, ValidationResult]:
-    """Validate a Ray Dataset batch by batch; return (accepted dataset, counts).
+                     batch_size: int = 10_000, validated_dir: Path | None = None) -> tuple[object, ValidationResult]:
+    """Validate a Ray Dataset batch by batch, streaming; return (accepted dataset, counts).
 
-    Quarantined rows are written atomically to ``quarantine_path`` (Parquet, with the failed expectations).
-    Raises :class:`ValidationFailed` (after writing the quarantine) when too many rows fail.
+    The checked rows stream to Parquet in ``validated_dir`` (default: ``validated`` beside the quarantine)
+    instead of the object store, so memory does not grow with the dataset; the accepted dataset is a lazy
+    read of it. Quarantined rows are written atomically to ``quarantine_path`` (one Parquet file, with the
+    failed expectations), a batch at a time. Raises :class:`ValidationFailed` (after writing the quarantine)
+    when too many rows fail.
     """
+    import ray
     from ray.data import ActorPoolStrategy
+    from ray.data.expressions import col
 
+    from .storage import write_dataset_atomic
+
+    validated_dir = validated_dir or quarantine_path.parent / "validated"
     # One actor: the GX context is built once and reused for every batch (building it costs ~40 ms).
     checked = ds.map_batches(BatchValidator, fn_constructor_args=(suite_json,), batch_format="pandas",
-                             batch_size=batch_size, compute=ActorPoolStrategy(size=1)).materialize()
-    rows_in = checked.count()
-    bad = checked.filter(expr=f"{FAILED_COLUMN} != ''").to_pandas()
-    accepted = checked.filter(expr=f"{FAILED_COLUMN} == ''").drop_columns([FAILED_COLUMN]).materialize()
-    failed = bad[FAILED_COLUMN] if len(bad) else []  # an empty result has no columns at all
-    counts = Counter(name for joined in failed for name in joined.split("; "))
-    result = ValidationResult(rows_in=rows_in, accepted=accepted.count(), quarantined=len(bad),
-                              failures_by_expectation=dict(counts))
+                             batch_size=batch_size, compute=ActorPoolStrategy(size=1))
+    write_dataset_atomic(checked, validated_dir)
+    validated = ray.data.read_parquet(str(validated_dir))
+    # Counts per distinct failure string: a few rows per block reach the driver, never the rows themselves.
+    tally = (validated.select_columns([FAILED_COLUMN])
+             .map_batches(_failure_counts, batch_format="pandas").to_pandas())
+    by_failure = tally.groupby("failed")["rows"].sum() if len(tally) else pd.Series(dtype=np.int64)
+    rows_in = int(by_failure.sum())
+    accepted_rows = int(by_failure.get("", 0))
+    counts = Counter()
+    for joined, n in by_failure.items():
+        for name in joined.split("; ") if joined else ():
+            counts[name] += int(n)
+    quarantined = _write_quarantine(validated.filter(expr=col(FAILED_COLUMN) != ""), quarantine_path)
+    accepted = validated.filter(expr=col(FAILED_COLUMN) == "").drop_columns([FAILED_COLUMN])
+    result = ValidationResult(rows_in=rows_in, accepted=accepted_rows, quarantined=quarantined,
+                              failures_by_expectation=dict(counts),
+                              quarantine_path=quarantine_path if quarantined else None)
     if result.accepted + result.quarantined != rows_in:
         raise RuntimeError(f"validation lost rows: {result.summary()}")
-    if len(bad):
-        quarantine_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = quarantine_path.with_name(f".{quarantine_path.name}.tmp")
-        pq.write_table(pa.Table.from_pandas(bad, preserve_index=False), tmp)
-        tmp.replace(quarantine_path)
-        result.quarantine_path = quarantine_path
     if result.failure_fraction > max_failure_fraction:
         raise ValidationFailed(
             f"{result.quarantined} of {rows_in} rows ({result.failure_fraction:.1%}) failed validation, above "
             f"validate.max_failure_fraction={max_failure_fraction:.1%}; see {quarantine_path}\n{result.summary()}")
     return accepted, result
+
+
+def _write_quarantine(bad, path: Path) -> int:
+    """Stream the failed rows into one Parquet file (written beside ``path``, renamed when complete)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer, rows = None, 0
+    try:
+        for batch in bad.iter_batches(batch_format="pyarrow", batch_size=None):
+            if batch.num_rows == 0:
+                continue
+            if writer is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                writer = pq.ParquetWriter(tmp, batch.schema)
+            writer.write_table(batch.cast(writer.schema))
+            rows += batch.num_rows
+        if writer is not None:
+            writer.close()
+            writer = None
+            tmp.replace(path)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return rows
 
 
 # --- dataset level --------------------------------------------------------------------------------------

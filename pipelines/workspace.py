@@ -52,6 +52,16 @@ class Workspace:
         """Parquet shards of the point-in-time retrieval (the input of Ray Data)."""
         return self.root / "retrieved"
 
+    @property
+    def validated_dir(self) -> Path:
+        """Rows after row-level validation, each with its failed expectations ("" = accepted), as Parquet."""
+        return self.root / "validated"
+
+    @property
+    def prepared_dir(self) -> Path:
+        """Preprocessed splits (``train``/``valid``/``test``: categorical ids, dense values, label) as Parquet."""
+        return self.root / "prepared"
+
     # --- pipeline state -------------------------------------------------------------------------------
     @property
     def quarantine_dir(self) -> Path:
