@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mixrec.features import adapters, feast_repo
 from mixrec.features.adapters import SourceInfo, split_by_time, time_cuts
@@ -182,7 +183,9 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
         rows = ray.data.read_parquet(str(ws.retrieved_dir))
         ranges = validate.widen_ranges(retrieval.train_bounds, [f.name for f in schema.dense],
                                        cfg.validate_.range_margin)
-        suite = validate.build_suite(schema, ranges)
+        # Types as the rows come out of retrieval (adapters cast to the schema, Feast keeps their types).
+        reference = pq.read_schema(min(ws.retrieved_dir.glob("*.parquet")))
+        suite = validate.build_suite(schema, ranges, validate.column_types(reference, schema.required_columns))
         accepted, vresult = validate.validate_dataset(
             rows, suite, ws.quarantine_dir / "validation.parquet",
             cfg.validate_.max_failure_fraction, cfg.validate_.batch_size, validated_dir=ws.validated_dir)

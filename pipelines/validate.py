@@ -1,10 +1,10 @@
 """Great Expectations validation of every batch inside the Ray Data pipeline, with a quarantine.
 
 The row-level suite is derived from the dataset schema plus ranges fitted on the training window: columns
-present, label in {0, 1}, keys (and fields declared not nullable) not null, dense
-values finite and within the fitted range (widened by a margin; lower bound only for log1p counts, whose tail
-is unbounded). Column types are enforced before: the adapters cast every column to its schema type at ingest
-and fail naming the file and column (GX 1.24's type expectations misreport Ray Data's pyarrow-backed batches).
+present and of the type they have in the training window (e.g. a dense column that arrives as text), label in
+{0, 1}, keys (and fields declared not nullable) not null, dense values finite and within the fitted range
+(widened by a margin; lower bound only for log1p counts, whose tail is unbounded). The adapters cast every
+column to its schema type at ingest too, and fail there naming the file and column.
 Every row that fails goes to a quarantine Parquet file with the expectation(s) it failed; the
 counts reconcile (rows in = accepted + quarantined); above a failure fraction the run stops with a clear error.
 
@@ -30,9 +30,9 @@ from mixrec.features.schema import DatasetSchema
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 FAILED_COLUMN = "_failed_expectations"
+RAW_COLUMN = "_raw_row"  # a quarantined row as it arrived (JSON), whatever its types
+TYPE_EXPECTATIONS = ("expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-# Expectations on a whole column (no per-row result): when they fail, every row of the batch fails.
-COLUMN_LEVEL = {"expect_column_to_exist"}
 
 
 class ValidationFailed(RuntimeError):
@@ -79,12 +79,41 @@ def widen_ranges(bounds: dict[str, list[float]], columns: list[str], margin: flo
     return fit_dense_ranges(pd.DataFrame({c: bounds[c] for c in columns}), columns, margin)
 
 
-def build_suite(schema: DatasetSchema, dense_ranges: dict[str, tuple[float, float]], name: str = "mixrec_rows") -> dict:
-    """The expectation suite as GX JSON (so it can be shipped to Ray actors and logged as an artifact)."""
+def column_types(arrow_schema: pa.Schema, columns) -> dict[str, list[str]]:
+    """The GX type list of each column, from the Arrow schema of the reference (training-window) data, as
+    pandas sees it in a Ray Data batch. Integers also accept float64: pandas upcasts an integer column with a
+    null (the not-null expectations judge the null itself). A timestamp is checked as ``Timestamp``; list
+    columns (multi-hot) are not type-checked."""
+    types = {}
+    for name in columns:
+        if name not in arrow_schema.names:
+            continue
+        t = arrow_schema.field(name).type
+        if pa.types.is_integer(t):  # "int": the value check of an object column sees Python ints
+            types[name] = [str(np.dtype(t.to_pandas_dtype())), "float64", "int"]
+        elif pa.types.is_floating(t):
+            types[name] = ["float32", "float64", "float", "int"]
+        elif pa.types.is_string(t) or pa.types.is_large_string(t):
+            types[name] = ["str"]
+        elif pa.types.is_boolean(t):
+            types[name] = ["bool"]
+        elif pa.types.is_timestamp(t):
+            types[name] = ["Timestamp"]
+    return types
+
+
+def build_suite(schema: DatasetSchema, dense_ranges: dict[str, tuple[float, float]],
+                types: dict[str, list[str]] | None = None, name: str = "mixrec_rows") -> dict:
+    """The expectation suite as GX JSON (so it can be shipped to Ray actors and logged as an artifact):
+    columns present and of their reference type (:func:`column_types`), keys and non-nullable fields not
+    null, label in {0, 1}, dense values within the fitted ranges."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
     expectations = [gxe.ExpectColumnToExist(column=c) for c in schema.required_columns]
+    for col, type_list in (types or {}).items():
+        expectations.append(gxe.ExpectColumnValuesToBeOfType(column=col, type_=type_list[0]) if len(type_list) == 1
+                            else gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=type_list))
     not_null = [*schema.keys, schema.label, *(f.name for f in schema.fields if not f.nullable)]
     expectations += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in dict.fromkeys(not_null)]
     expectations.append(gxe.ExpectColumnValuesToBeInSet(column=schema.label, value_set=[0, 1]))
@@ -104,8 +133,11 @@ def _describe(config) -> str:
 class BatchValidator:
     """A Ray Data callable class: builds the GX context once per actor, validates each pandas batch.
 
-    Returns the batch with a ``_failed_expectations`` column: "" for a good row, else the failed
-    expectations joined by "; ".
+    Returns the batch with a ``_failed_expectations`` column ("" for a good row, else the failed
+    expectations joined by "; ") and a ``_raw_row`` column (the row as it arrived, as JSON, for failed rows;
+    "" else). Columns with a type expectation are then coerced to their reference type (a value that does not
+    fit becomes null; its row has failed and keeps the value in ``_raw_row``), so every written block has the
+    same Arrow schema and nothing of a quarantined row is lost.
     """
 
     def __init__(self, suite_json: dict):
@@ -118,10 +150,12 @@ class BatchValidator:
                                   .add_dataframe_asset(name="rows")
                                   .add_batch_definition_whole_dataframe("batch"))
         self._suite = self._ctx.suites.add(gx.ExpectationSuite(**suite_json))
+        self._types = {e["kwargs"]["column"]: e["kwargs"].get("type_list") or [e["kwargs"]["type_"]]
+                       for e in suite_json["expectations"] if e["type"] in TYPE_EXPECTATIONS}
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         batch = batch.reset_index(drop=True)
-        failures: list[list[str]] = [[] for _ in range(len(batch))]
+        failed = np.full(len(batch), "", dtype=object)
         if len(batch):
             result = self._batch_definition.get_batch(batch_parameters={"dataframe": batch}).validate(
                 self._suite, result_format={"result_format": "COMPLETE"})
@@ -129,14 +163,37 @@ class BatchValidator:
                 if r.success:
                     continue
                 label = _describe(r.expectation_config)
-                if r.expectation_config.type in COLUMN_LEVEL:
-                    rows = range(len(batch))  # a missing or mistyped column fails every row of the batch
-                else:
-                    rows = r.result.get("unexpected_index_list") or []
-                for i in rows:
-                    failures[i].append(label)
-        batch[FAILED_COLUMN] = ["; ".join(f) for f in failures]
-        return batch
+                rows = r.result.get("unexpected_index_list")
+                # None: a column-level outcome (a missing column, a column whose dtype is wrong as a whole), so
+                # every row of the batch fails. Object columns are type-checked value by value, row by row.
+                rows = np.arange(len(batch)) if rows is None else np.asarray(rows, dtype=np.int64)
+                previous = failed[rows]
+                failed[rows] = np.where(previous == "", label, previous + "; " + label)
+        bad = failed != ""
+        raw = np.full(len(batch), "", dtype=object)
+        if bad.any():
+            raw[bad] = batch[bad].to_json(orient="records", lines=True, date_format="iso",
+                                          default_handler=str).splitlines()
+        out = batch.assign(**{col: _coerce(batch[col], types[0]) for col, types in self._types.items()
+                              if col in batch.columns and _dtype_name(batch[col]) not in types})
+        out[FAILED_COLUMN], out[RAW_COLUMN] = failed.astype(str), raw.astype(str)
+        return out
+
+
+def _dtype_name(values: pd.Series) -> str:
+    return "Timestamp" if isinstance(values.dtype, pd.DatetimeTZDtype) else str(values.dtype)
+
+
+def _coerce(values: pd.Series, type_name: str) -> pd.Series:
+    """A column as its reference type; values that do not fit become null."""
+    if type_name.startswith(("int", "uint")):
+        x = pd.to_numeric(values, errors="coerce")
+        return x.where(x == np.round(x)).astype("Int64")  # non-integral values -> null
+    if type_name.startswith("float"):
+        return pd.to_numeric(values, errors="coerce").astype(type_name)
+    if type_name == "str":
+        return values.astype("string")
+    return values
 
 
 def _failure_counts(batch: pd.DataFrame) -> pd.DataFrame:
@@ -178,7 +235,7 @@ def validate_dataset(ds, suite_json: dict, quarantine_path: Path, max_failure_fr
         for name in joined.split("; ") if joined else ():
             counts[name] += int(n)
     quarantined = _write_quarantine(validated.filter(expr=col(FAILED_COLUMN) != ""), quarantine_path)
-    accepted = validated.filter(expr=col(FAILED_COLUMN) == "").drop_columns([FAILED_COLUMN])
+    accepted = validated.filter(expr=col(FAILED_COLUMN) == "").drop_columns([FAILED_COLUMN, RAW_COLUMN])
     result = ValidationResult(rows_in=rows_in, accepted=accepted_rows, quarantined=quarantined,
                               failures_by_expectation=dict(counts),
                               quarantine_path=quarantine_path if quarantined else None)
