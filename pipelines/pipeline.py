@@ -201,7 +201,7 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
 
     with timer.step("dataset_checks", "Great Expectations on aggregates: row counts, label-rate and unseen-value drift"):
         v = cfg.validate_
-        aggregates = validate.split_aggregates(prepared, preprocessor.categorical)
+        aggregates = validate.split_aggregates(prepared, preprocessor.categorical, preprocessor.bag_sizes)
         result = validate.check_dataset(aggregates, v.min_rows, v.max_label_rate_drift, v.max_unseen_rate_increase)
         report, summary = validate.validation_report(vresult, aggregates, result, asdict(retrieval))
         write_json_atomic(report, ws.artifacts_dir / "validation_report.json")
