@@ -75,6 +75,19 @@ def series_value_lists(values: pd.Series, separator: str) -> pa.ListArray:
     return to_value_lists(array, separator)
 
 
+def plain_list_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Arrow-backed list columns (what Ray Data's ``to_pandas`` gives for them) as object columns of arrays:
+    pandas cannot read back the dtype name pyarrow records for them in a Parquet file's pandas metadata
+    (``list<element: string>[pyarrow]``), and object columns are what MLflow examples and readers expect."""
+    nested = [c for c, t in frame.dtypes.items()
+              if isinstance(t, pd.ArrowDtype) and pa.types.is_nested(t.pyarrow_dtype)]
+    if not nested:
+        return frame
+    # through pyarrow, not astype(object): a null must become None (MLflow's schema check rejects pd.NA)
+    return frame.assign(**{c: pd.Series(pa.array(frame[c]).to_pandas().to_numpy(), index=frame.index)
+                           for c in nested})
+
+
 def flat_values(lists: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
     """(values as an object array of str, the row of each value) of a ``list<string>`` column, in order."""
     return (pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(object),

@@ -18,6 +18,7 @@ import pyarrow as pa
 from mixrec.features import adapters, feast_repo
 from mixrec.features.adapters import SourceInfo, split_by_time, time_cuts
 from mixrec.features.dataset import SPLIT_COLUMN, DatasetError, DatasetSpec, load_dataset_spec
+from mixrec.features.multihot import plain_list_columns
 from mixrec.features.schema import SYNTHETIC_SCHEMA, DatasetSchema
 from mixrec.features.synthetic import generate, write_parquet_atomic, write_sources
 
@@ -209,7 +210,7 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
         if not report["success"]:
             raise validate.ValidationFailed(f"dataset-level validation failed (see "
                                             f"{ws.artifacts_dir / 'validation_report.json'}):\n{summary}")
-    example = accepted.limit(5).to_pandas()[list(schema.model_columns)]
+    example = plain_list_columns(accepted.limit(5).to_pandas()[list(schema.model_columns)])
     return PreparedData(workspace=ws, schema=schema, preprocessor=preprocessor, datasets=prepared, counts=counts,
                         suite=suite, validation_summary=summary, validation_report=report, example=example,
                         source_files=[info.events, *info.entities.values()])

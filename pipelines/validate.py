@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mixrec.features.multihot import plain_list_columns
 from mixrec.features.schema import DatasetSchema
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -163,7 +164,7 @@ def validate_dataset(ds, suite_json: dict, quarantine_path: Path, max_failure_fr
     if len(bad):
         quarantine_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = quarantine_path.with_name(f".{quarantine_path.name}.tmp")
-        pq.write_table(pa.Table.from_pandas(bad, preserve_index=False), tmp)
+        pq.write_table(pa.Table.from_pandas(plain_list_columns(bad), preserve_index=False), tmp)
         tmp.replace(quarantine_path)
         result.quarantine_path = quarantine_path
     if result.failure_fraction > max_failure_fraction:

@@ -223,3 +223,16 @@ def test_gx_row_suite_takes_list_columns():
     out = BatchValidator(build_suite(schema, {"x": (0.0, 1.0)}))(batch)
     assert out["_failed_expectations"].tolist() == ["", "", "expect_column_values_to_not_be_null(g)",
                                                     "expect_column_values_to_be_between(x)"]
+
+
+def test_arrow_backed_list_columns_become_object_columns_that_round_trip(tmp_path):
+    from mixrec.features.multihot import plain_list_columns
+
+    lists = pd.arrays.ArrowExtensionArray(pa.array([["x", "y"], [], None], pa.list_(pa.string())))
+    frame = pd.DataFrame({"a": [1, 2, 3], "g": lists}, index=[5, 6, 7])  # as Ray Data's to_pandas gives it
+    plain = plain_list_columns(frame)
+    assert plain["g"].dtype == object and plain.index.tolist() == [5, 6, 7] and plain["g"].iloc[2] is None
+    pq.write_table(pa.Table.from_pandas(plain, preserve_index=False), tmp_path / "q.parquet")
+    back = pd.read_parquet(tmp_path / "q.parquet")  # pandas cannot rebuild the Arrow list dtype from its name
+    assert [None if v is None else list(v) for v in back["g"]] == [["x", "y"], [], None]
+    assert plain_list_columns(back) is back
