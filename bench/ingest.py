@@ -118,13 +118,14 @@ def run_pipeline_child(folder: Path, workspace: Path) -> None:
     print(json.dumps({"seconds": timer.seconds, "counts": data.counts}))
 
 
-def _tree_memory(pid: int) -> tuple[int, int, int]:
-    """(sum of RSS, sum of PSS, PSS of the root process) in bytes over a process and its descendants. PSS
-    splits shared pages (the object store) between the processes mapping them, so its sum does not count
-    them twice."""
+def _tree_memory(pid: int) -> tuple[int, int, int, list[tuple[str, float]]]:
+    """(sum of RSS, sum of PSS, PSS of the root process, [(process, PSS GiB)] largest first) over a process
+    and its descendants. PSS splits shared pages (the object store) between the processes mapping them, so
+    its sum does not count them twice."""
     import psutil
 
     rss = pss = root_pss = 0
+    each = []
     try:
         root = psutil.Process(pid)
         for p in [root, *root.children(recursive=True)]:
@@ -132,11 +133,13 @@ def _tree_memory(pid: int) -> tuple[int, int, int]:
                 info = p.memory_full_info()
                 rss, pss = rss + info.rss, pss + info.pss
                 root_pss = info.pss if p.pid == pid else root_pss
+                name = "driver" if p.pid == pid else (p.cmdline()[0] if p.cmdline() else p.name())
+                each.append((name.split("/")[-1][:48], round(info.pss / 2**30, 2)))
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
     except psutil.NoSuchProcess:
         pass
-    return rss, pss, root_pss
+    return rss, pss, root_pss, sorted(each, key=lambda x: -x[1])
 
 
 def measure(folder: Path, workspace: Path) -> dict:
@@ -148,6 +151,7 @@ def measure(folder: Path, workspace: Path) -> dict:
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     peak = {"rss": 0, "pss": 0, "driver_pss": 0}
     step_peak: dict[str, float] = {}
+    at_peak: list = []
     current = ["start"]
     done = threading.Event()
 
@@ -160,7 +164,9 @@ def measure(folder: Path, workspace: Path) -> dict:
 
     def sample():
         while not done.is_set():
-            rss, pss, driver = _tree_memory(child.pid)
+            rss, pss, driver, each = _tree_memory(child.pid)
+            if pss > peak["pss"]:
+                at_peak[:] = each[:8]
             peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
             peak["driver_pss"] = max(peak["driver_pss"], driver)
             step_peak[current[0]] = max(step_peak.get(current[0], 0.0), round(pss / 2**30, 2))
@@ -182,6 +188,7 @@ def measure(folder: Path, workspace: Path) -> dict:
     result["peak_tree_rss_gib"] = round(peak["rss"] / 2**30, 2)
     result["peak_driver_pss_gib"] = round(peak["driver_pss"] / 2**30, 2)
     result["peak_pss_gib_by_step"] = step_peak
+    result["largest_processes_at_peak"] = at_peak
     return result
 
 

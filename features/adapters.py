@@ -1,8 +1,9 @@
 """Adapters: stream a dataset's files (Criteo TSV, libfm, CSV, Parquet) into the canonical Parquet sources.
 
 Every format is read in record batches (never the whole file at once) and normalized to one layout: the
-label as int64 0/1, entity keys and integer categoricals as int64, string categoricals as strings, dense
-fields as float32, an event key (``_row_id`` when the dataset has none), a UTC event timestamp
+label as int64 0/1, entity keys and integer categoricals as int64, string categoricals as strings, multi-hot
+fields as lists of strings (from a list column or a delimited string: features/multihot.py), dense fields as
+float32, an event key (``_row_id`` when the dataset has none), a UTC event timestamp
 (``_event_timestamp`` from row order when it has none) and the ``split`` column of the split policy.
 A file that cannot be read raises :class:`DatasetError` naming the file and the column; outputs are written to
 a temporary name and renamed, so a failed conversion leaves nothing behind.
@@ -34,6 +35,7 @@ from .dataset import (
     DatasetError,
     DatasetSpec,
 )
+from .multihot import to_value_lists
 
 # Datasets without timestamps get one event per second from this instant, in file order (train, valid, test).
 SYNTHETIC_EPOCH = pd.Timestamp("2000-01-01", tz="UTC")
@@ -68,6 +70,13 @@ def _csv_types(spec: DatasetSpec) -> dict[str, pa.DataType]:
     if spec.event_key:
         types[spec.event_key] = pa.int64()
     return types
+
+
+def _value_lists(path: Path, name: str, array: pa.Array, separator: str) -> pa.Array:
+    try:
+        return to_value_lists(array, separator)
+    except (ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise DatasetError(f"{path}: multi-hot column {name!r}: {err}") from None
 
 
 def _arrow_error(path: Path, err: Exception, names: list[str] | None) -> DatasetError:
@@ -178,10 +187,13 @@ def _as_int64(path: Path, name: str, array: pa.Array) -> pa.Array:
 def _normalize(spec: DatasetSpec, path: Path, batch: pa.RecordBatch) -> dict[str, pa.Array]:
     keys = {e.key for e in spec.entities.values()} | ({spec.event_key} if spec.event_key else set())
     kinds = {f.name: kind for kind, f in spec.fields_with_kind()}
+    separators = {f.name: f.separator for f in spec.multi_hot}
     out: dict[str, pa.Array] = {}
     for name in batch.schema.names:
         array = batch.column(name)
-        if name in keys or name == spec.label:
+        if name in separators:
+            out[name] = _value_lists(path, name, array, separators[name])
+        elif name in keys or name == spec.label:
             out[name] = _as_int64(path, name, array)
         elif name == spec.timestamp:
             try:
@@ -327,6 +339,7 @@ def write_entity_source(spec: DatasetSpec, entity: str, root: Path, out: Path) -
             for f in fields:
                 array = batch.column(f.name)
                 cols[f.name] = (pc.cast(array, pa.float32()) if kinds[f.name] == "dense"
+                                else _value_lists(path, f.name, array, f.separator) if kinds[f.name] == "multi_hot"
                                 else _as_int64(path, f.name, array) if not pa.types.is_string(array.type) else array)
             sink.write(pa.table(cols), path)
     if not out.exists():

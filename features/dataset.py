@@ -8,6 +8,7 @@ A new dataset needs only such a file (see docs/datasets.md)::
     label: label
     entities: {user: {key: user}, item: {key: item}}
     categorical: [user, item, daytime, weekday]
+    multi_hot: [{name: tags, max_len: 5}]   # list column, or one string with values split at `separator`
     dense: [{name: cnt, log1p: true}]
     split: {policy: given}          # given | time | random
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .schema import DatasetSchema, FeatureField
 
@@ -52,6 +53,12 @@ class FieldSpec(_Strict):
     nullable: bool = Field(True, description="missing values are imputed; false: a null quarantines the row")
 
 
+class MultiHotSpec(FieldSpec):
+    max_len: int = Field(10, ge=1, le=4096, description="ids kept per row (padded with 0, truncated per `keep`)")
+    separator: str = Field("|", min_length=1, description="delimiter when the values come as one string")
+    keep: Literal["last", "first"] = Field("last", description="values kept on truncation; last = most recent")
+
+
 class EntitySpec(_Strict):
     key: str = Field(min_length=1, description="join key column, on the event rows and in the entity file")
     file: str | None = Field(None, description="entity feature table (Parquet) with one row per key and time")
@@ -77,8 +84,15 @@ class DatasetSpec(_Strict):
     timestamp: str | None = Field(None, description=f"event time column; default: `{EVENT_TIME}` from row order")
     entities: dict[Literal["user", "item"], EntitySpec] = Field(default_factory=dict)
     categorical: list[str | FieldSpec] = Field(default_factory=list)
+    multi_hot: list[MultiHotSpec] = Field(default_factory=list, description="names or {name, max_len, separator, keep, ...}")
     dense: list[str | FieldSpec] = Field(default_factory=list)
     split: SplitSpec = Field(default_factory=SplitSpec)
+
+    @field_validator("multi_hot", mode="before")
+    @classmethod
+    def _names_to_specs(cls, value):
+        # a bare name is {name: ...}: one type per item, so errors name the field's key, not a union branch
+        return [{"name": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpec:
@@ -86,16 +100,21 @@ class DatasetSpec(_Strict):
         names = [f.name for f in self.fields()]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            problems.append(f"categorical/dense: field(s) declared twice: {dupes}")
+            problems.append(f"categorical/multi_hot/dense: field(s) declared twice: {dupes}")
         if not names:
-            problems.append("categorical/dense: declare at least one feature field")
+            problems.append("categorical/multi_hot/dense: declare at least one feature field")
+        keys = {e.key for e in self.entities.values()} | {self.event_key, self.label}
         for kind, f in self.fields_with_kind():
             allowed = {"row", "request", *(e for e, spec in self.entities.items() if spec.file)}
             if f.source not in allowed:
                 problems.append(f"{kind}.{f.name}.source: {f.source!r} is not one of {sorted(allowed)} "
                                 "(an entity source needs entities.<name>.file)")
-            if f.log1p and kind == "categorical":
-                problems.append(f"categorical.{f.name}.log1p: only dense fields take log1p")
+            if f.log1p and kind != "dense":
+                problems.append(f"{kind}.{f.name}.log1p: only dense fields take log1p")
+            if kind == "multi_hot" and f.name in keys:
+                problems.append(f"multi_hot.{f.name}: a key or label column holds one value, not a list")
+        if self.multi_hot and self.format == "libfm":
+            problems.append(f"multi_hot.{self.multi_hot[0].name}: libfm files hold one value per field position")
         if self.split.policy == "given" and set(self.files) != set(SPLITS):
             problems.append(f"files: split policy `given` needs exactly {list(SPLITS)}, got {sorted(self.files)}")
         if self.split.policy == "time" and not self.timestamp:
@@ -112,8 +131,10 @@ class DatasetSpec(_Strict):
 
     # --- the fields -----------------------------------------------------------------------------------
     def fields_with_kind(self) -> list[tuple[str, FieldSpec]]:
+        """(kind, spec) of every field: categorical, then multi_hot, then dense (the schema's order)."""
         as_spec = lambda f: FieldSpec(name=f) if isinstance(f, str) else f  # noqa: E731
         return ([("categorical", as_spec(f)) for f in self.categorical]
+                + [("multi_hot", f) for f in self.multi_hot]
                 + [("dense", as_spec(f)) for f in self.dense])
 
     def fields(self) -> list[FieldSpec]:
@@ -138,8 +159,10 @@ class DatasetSpec(_Strict):
         """The pipeline's schema. Entity keys ride on the event row (source ``request``), everything else
         declared ``row`` is stored in Feast under the row entity."""
         keys = {e.key for e in self.entities.values()}
+        bag = lambda f: ({"max_len": f.max_len, "separator": f.separator, "keep": f.keep}  # noqa: E731
+                         if isinstance(f, MultiHotSpec) else {})
         fields = tuple(FeatureField(f.name, kind, "request" if f.name in keys else f.source,  # type: ignore[arg-type]
-                                    log1p=f.log1p, nullable=f.nullable)
+                                    log1p=f.log1p, nullable=f.nullable, **bag(f))
                        for kind, f in self.fields_with_kind())
         user, item = self.entities.get("user"), self.entities.get("item")
         return DatasetSchema(label=self.label, timestamp=self.timestamp_column, event_key=self.event_key_column,
@@ -147,20 +170,32 @@ class DatasetSpec(_Strict):
                              fields=fields, name=self.name)
 
 
-def format_validation_errors(err: ValidationError, heading: str) -> str:
-    """One line per bad field (its dotted path and pydantic's message), under ``heading``."""
+def format_validation_errors(err: ValidationError, heading: str, data: object = None) -> str:
+    """One line per bad field (its dotted path and pydantic's message), under ``heading``. With the validated
+    ``data``, a list position whose item has a ``name`` is shown as that name (``multi_hot.genres.max_len``)."""
     lines = [f"{heading}:"]
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        where = ".".join(_named_path(e["loc"], data)) or "(top level)"
         lines.append(f"  - {where}: {e['msg']}")
     return "\n".join(lines)
+
+
+def _named_path(loc: tuple, data: object) -> list[str]:
+    parts, node = [], data
+    for p in loc:
+        item = node[p] if isinstance(node, list) and isinstance(p, int) and -len(node) <= p < len(node) else \
+            node.get(p) if isinstance(node, dict) else None
+        named = isinstance(p, int) and isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"]
+        parts.append(item["name"] if named else str(p))
+        node = item
+    return parts
 
 
 def parse_dataset_spec(data: dict, source: str = "(dict)") -> DatasetSpec:
     try:
         return DatasetSpec.model_validate(data)
     except ValidationError as err:
-        raise DatasetError(format_validation_errors(err, f"invalid dataset schema {source}")) from None
+        raise DatasetError(format_validation_errors(err, f"invalid dataset schema {source}", data)) from None
 
 
 def load_dataset_spec(path: str | Path) -> DatasetSpec:

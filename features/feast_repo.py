@@ -51,10 +51,15 @@ def open_store(repo_dir: Path):
 
 
 def _feast_type(arrow_type: pa.DataType, kind: str):
-    from feast.types import Float32, Int64, String
+    from feast.types import Array, Float32, Int64, String
 
     if kind == "dense":
         return Float32
+    if kind == "multi_hot":
+        # The canonical list<string> column as is: Feast 0.67's file offline store (point-in-time join) and
+        # sqlite online store (materialize, online read) both keep Array(String) values, empty lists and
+        # nulls (tests/integration/test_dataset_example.py checks both paths).
+        return Array(String)
     return String if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) else Int64
 
 

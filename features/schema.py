@@ -6,6 +6,10 @@ event row in training and in the request body when serving), or the event ``row`
 come as one flat row, e.g. Criteo: Feast stores them under a row entity keyed by the event key, at the event's
 timestamp, so retrieval is still a point-in-time join).
 
+A ``multi_hot`` field is categorical with several values per row (genres, a recent-items sequence): a list of
+values, stored as a list of strings in the canonical sources and in Feast, mapped by the preprocessing to
+``max_len`` id columns and pooled by the model into one embedding.
+
 Datasets other than the built-in synthetic one are described by a YAML file (features/dataset.py) that
 compiles to a :class:`DatasetSchema`.
 """
@@ -16,18 +20,25 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Source = Literal["user", "item", "request", "row"]
+Kind = Literal["categorical", "multi_hot", "dense"]
 ENTITY_SOURCES: tuple[Source, ...] = ("user", "item", "row")
+CATEGORICAL_KINDS: tuple[Kind, ...] = ("categorical", "multi_hot")
 
 
 @dataclass(frozen=True)
 class FeatureField:
     name: str
-    kind: Literal["categorical", "dense"]
+    kind: Kind
     source: Source
     # Dense only: apply log1p before standardizing (heavy-tailed counts and prices).
     log1p: bool = False
     # Missing values allowed (imputed: OOV for categorical, train mean for dense); else a null row is quarantined.
     nullable: bool = False
+    # Multi-hot only: ids kept per row, the delimiter of values given as one string, and which values survive
+    # truncation to max_len (``last``: the most recent of a sequence written oldest first).
+    max_len: int = 1
+    separator: str = "|"
+    keep: Literal["last", "first"] = "last"
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,15 @@ class DatasetSchema:
 
     @property
     def categorical(self) -> tuple[FeatureField, ...]:
-        return tuple(f for f in self.fields if f.kind == "categorical")
+        """Every categorical field, single-valued and multi-hot, in declaration order: each is one embedding
+        row of the model, and this order is the order of the fields in the preprocessing artifact, the
+        model's ``FeatureLayout`` and the id columns of ``categorical`` (a multi-hot field's ``max_len``
+        columns sit together at its place)."""
+        return tuple(f for f in self.fields if f.kind in CATEGORICAL_KINDS)
+
+    @property
+    def multi_hot(self) -> tuple[FeatureField, ...]:
+        return tuple(f for f in self.fields if f.kind == "multi_hot")
 
     @property
     def dense(self) -> tuple[FeatureField, ...]:

@@ -1,6 +1,7 @@
 """Model interface shared by the whole zoo: :class:`FeatureLayout` and :class:`RankingModel`.
 
-Every model maps a batch ``(categorical [B, n_cat] int64, dense [B, n_dense] float32)`` to logits ``[B]``.
+Every model maps a batch ``(categorical [B, n_id_columns] int64, dense [B, n_dense] float32)`` to logits ``[B]``;
+``n_id_columns == n_cat`` unless the layout has multi-hot fields (``bag_sizes``).
 Extra training losses (MoE sparsity regularisers, auxiliary towers) are exposed through
 :meth:`RankingModel.auxiliary_loss`; parameter and FLOP counts are analytic.
 """
@@ -24,10 +25,17 @@ class FeatureLayout:
         cardinalities: vocabulary size per categorical field, *including* id 0, the OOV/unknown
             bucket; ids are int64 in ``[0, card)``.
         n_dense: number of dense (float) features, may be 0.
+        bag_sizes: id columns per categorical field in ``categorical`` (a multi-hot field of ``max_len``
+            ids occupies ``max_len`` consecutive columns, padded with 0); empty means 1 for every field.
+            Layouts whose bags are all 1 are stored with ``bag_sizes=()``, so equal layouts compare equal.
+
+    Each categorical field, single or multi-hot, is one embedding row (token) of the models: ``n_cat`` is
+    the number of fields, ``n_id_columns`` the width of the ``categorical`` input.
     """
 
     cardinalities: tuple[int, ...] = ()
     n_dense: int = 0
+    bag_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         cards = tuple(int(c) for c in self.cardinalities)
@@ -39,10 +47,36 @@ class FeatureLayout:
         object.__setattr__(self, "n_dense", int(self.n_dense))
         if not cards and self.n_dense == 0:
             raise ValueError("a FeatureLayout needs at least one categorical or dense field")
+        try:
+            bags = tuple(int(b) for b in self.bag_sizes)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"bag_sizes must be a sequence of ints, got {self.bag_sizes!r}") from err
+        if bags and len(bags) != len(cards):
+            raise ValueError(f"bag_sizes must give one size per categorical field ({len(cards)}), "
+                             f"got {len(bags)}: {bags}")
+        bad = [j for j, b in enumerate(bags) if b < 1]
+        if bad:
+            raise ValueError(f"bag_sizes must all be >= 1, got {bags[bad[0]]} for categorical field {bad[0]}")
+        object.__setattr__(self, "bag_sizes", () if all(b == 1 for b in bags) else bags)
 
     @property
     def n_cat(self) -> int:
         return len(self.cardinalities)
+
+    @property
+    def bags(self) -> tuple[int, ...]:
+        """Id columns per categorical field (1 for a single-valued field)."""
+        return self.bag_sizes or (1,) * self.n_cat
+
+    @property
+    def n_id_columns(self) -> int:
+        """Width of the ``categorical`` input: the sum of the bag sizes."""
+        return sum(self.bags)
+
+    @property
+    def column_fields(self) -> tuple[int, ...]:
+        """The categorical field of each id column, ``(n_id_columns,)``."""
+        return tuple(f for f, b in enumerate(self.bags) for _ in range(b))
 
     @property
     def num_fields(self) -> int:
@@ -87,8 +121,10 @@ class RankingModel(nn.Module):
         self._aux_logits: list[Tensor] = []  # auxiliary-tower logits of the last training forward
         self._aux_logit_weight: float = 0.0
         self._last_labels: Tensor | None = None
+        # cardinality of each id column (a multi-hot field repeats its own)
         self.register_buffer(
-            "_cards", torch.tensor(layout.cardinalities, dtype=torch.long), persistent=False
+            "_cards", torch.tensor([layout.cardinalities[f] for f in layout.column_fields], dtype=torch.long),
+            persistent=False,
         )
 
     # ----------------------------------------------------------------- config
@@ -106,9 +142,10 @@ class RankingModel(nn.Module):
     # ------------------------------------------------------------------ forward
     def _check_inputs(self, categorical: Tensor, dense: Tensor | None) -> tuple[Tensor, Tensor]:
         lay = self.layout
-        if categorical.dim() != 2 or categorical.shape[1] != lay.n_cat:
+        if categorical.dim() != 2 or categorical.shape[1] != lay.n_id_columns:
+            bags = f" ({lay.n_cat} fields, bag sizes {lay.bag_sizes})" if lay.bag_sizes else ""
             raise ValueError(
-                f"categorical must have shape [B, {lay.n_cat}], got {tuple(categorical.shape)}"
+                f"categorical must have shape [B, {lay.n_id_columns}]{bags}, got {tuple(categorical.shape)}"
             )
         if categorical.dtype.is_floating_point or categorical.dtype == torch.bool:
             raise ValueError(f"categorical must be an integer tensor, got {categorical.dtype}")
@@ -121,15 +158,17 @@ class RankingModel(nn.Module):
         if lay.n_cat and b:
             bad = (categorical < 0) | (categorical >= self._cards)
             if bool(bad.any()):
-                field = int(bad.any(0).nonzero()[0, 0])
+                column = int(bad.any(0).nonzero()[0, 0])
+                field = lay.column_fields[column]
+                where = f" (id column {column})" if lay.bag_sizes else ""
                 raise ValueError(
-                    f"categorical id out of range in field {field}: ids must be in "
+                    f"categorical id out of range in field {field}{where}: ids must be in "
                     f"[0, {lay.cardinalities[field]}) (0 = OOV bucket)"
                 )
         return categorical, dense.float()
 
     def forward(self, categorical: Tensor, dense: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
-        """categorical [B, n_cat] int64, dense [B, n_dense] float -> logits [B].
+        """categorical [B, n_id_columns] int64, dense [B, n_dense] float -> logits [B].
 
         ``labels`` ([B], optional) is only needed by models with auxiliary towers (TokenMixer-Large);
         they can be passed here or to :meth:`auxiliary_loss`.
@@ -171,8 +210,8 @@ class RankingModel(nn.Module):
         """Analytic forward FLOPs per example of the inference (eval) forward; multiply-add = 2.
 
         Counts the matrix products (what ``FlopCounterMode`` counts); element-wise ops, norms and
-        embedding lookups are not counted. Per-step work independent of the batch (e.g. composing
-        UniMixing-Lite matrices) is excluded.
+        embedding lookups (with their multi-hot pooling) are not counted. Per-step work independent of the
+        batch (e.g. composing UniMixing-Lite matrices) is excluded.
         """
         return int(self._flops())
 

@@ -27,11 +27,13 @@ def _uniform_(t: Tensor, fan_in: int, scale: float = 1.0) -> Tensor:
 class FeatureEmbedding(nn.Module):
     """One fused table for all categorical fields (per-field offsets) + per-field dense embeddings.
 
-    Dense field j is embedded as ``value * w_j + b_j``. ``field_norm=True`` applies a LayerNorm over d to
-    every field embedding (per-field affine): scale-free inputs for models without BatchNorm (see
-    docs/models.md, "embedding_norm").
+    A multi-hot field (``layout.bag_sizes`` > 1) is mean-pooled over its non-zero ids into one embedding; id
+    0 (padding, OOV) is left out of the mean, and a bag with no non-zero id embeds as the field's id-0 (OOV)
+    row, exactly what a single-valued field with id 0 gets. Dense field j is embedded as
+    ``value * w_j + b_j``. ``field_norm=True`` applies a LayerNorm over d to every field embedding (per-field
+    affine): scale-free inputs for models without BatchNorm (see docs/models.md, "embedding_norm").
 
-    Shapes: categorical [B, n_cat] int64, dense [B, n_dense] -> [B, F, d] with F = n_cat + n_dense.
+    Shapes: categorical [B, n_id_columns] int64, dense [B, n_dense] -> [B, F, d] with F = n_cat + n_dense.
     """
 
     def __init__(self, layout: FeatureLayout, embedding_dim: int, init_std: float = 1e-4, field_norm: bool = False) -> None:
@@ -43,13 +45,17 @@ class FeatureEmbedding(nn.Module):
         check(int(embedding_dim) >= 1, f"embedding_dim must be >= 1, got {embedding_dim}")
         self.layout = layout
         self.embedding_dim = d = int(embedding_dim)
+        self.bag = BagPooling(layout) if layout.bag_sizes else None
         if layout.n_cat:
             self.table = nn.Embedding(sum(layout.cardinalities), d)
             nn.init.normal_(self.table.weight, std=init_std)
             offs = [0]
             for c in layout.cardinalities[:-1]:
                 offs.append(offs[-1] + c)
-            self.register_buffer("offsets", torch.tensor(offs, dtype=torch.long), persistent=False)
+            # offset of each id column: its field's (a multi-hot field's columns share one)
+            columns = [offs[f] for f in layout.column_fields]
+            self.register_buffer("offsets", torch.tensor(columns, dtype=torch.long), persistent=False)
+            self.register_buffer("field_offsets", torch.tensor(offs, dtype=torch.long), persistent=False)
         else:
             self.table = None
         if layout.n_dense:
@@ -63,7 +69,10 @@ class FeatureEmbedding(nn.Module):
     def forward(self, categorical: Tensor, dense: Tensor) -> Tensor:
         parts = []
         if self.table is not None:
-            parts.append(self.table(categorical + self.offsets))
+            emb = self.table(categorical + self.offsets)  # [B, n_id_columns, d]
+            if self.bag is not None:  # all bags of size 1 skip this: the plain lookup is the field embedding
+                emb = self.bag(emb, categorical, self.table.weight[self.field_offsets])
+            parts.append(emb)
         if self.layout.n_dense:
             parts.append(dense.unsqueeze(-1) * self.dense_weight + self.dense_bias)
         emb = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
@@ -73,6 +82,31 @@ class FeatureEmbedding(nn.Module):
 
     def flops(self) -> int:
         return 0
+
+
+class BagPooling(nn.Module):
+    """Mean of each categorical field's id-column embeddings over its non-zero ids (multi-hot fields).
+
+    One batched matmul with the ``[n_cat, n_id_columns]`` column-to-field assignment matrix masked by
+    ``ids != 0``; fields whose bag holds no non-zero id get ``oov`` (their id-0 row). A single-valued field
+    comes out bit-identical to its lookup (weights 1 and 0). The pooling runs in float32 even under autocast,
+    like the lookup it replaces; like the lookup, it is embedding work that ``flops_per_example`` leaves out.
+
+    Shapes: emb [B, C, d], ids [B, C] int64, oov [n_cat, d] -> [B, n_cat, d] with C = n_id_columns.
+    """
+
+    def __init__(self, layout: FeatureLayout) -> None:
+        super().__init__()
+        fields = torch.tensor(layout.column_fields, dtype=torch.long)
+        assign = (fields.unsqueeze(0) == torch.arange(layout.n_cat).unsqueeze(1)).float()
+        self.register_buffer("assign", assign, persistent=False)  # [n_cat, C]: 1 where column c is field f's
+
+    def forward(self, emb: Tensor, ids: Tensor, oov: Tensor) -> Tensor:
+        with torch.autocast(emb.device.type, enabled=False):
+            weights = self.assign * (ids != 0).unsqueeze(1).float()  # [B, n_cat, C]
+            counts = weights.sum(-1, keepdim=True)  # [B, n_cat, 1] non-zero ids per bag
+            pooled = torch.bmm(weights, emb.float()) / counts.clamp(min=1.0)
+            return torch.where(counts > 0, pooled, oov.float())
 
 
 class ConcatTokenizer(nn.Module):

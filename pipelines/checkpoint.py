@@ -39,8 +39,9 @@ def load_checkpoint(directory: Path) -> tuple[RankingModel, Preprocessor, dict]:
     directory = Path(directory)
     spec = read_spec(directory)
     layout = spec["layout"]
-    model = build_model(spec["name"], FeatureLayout(cardinalities=tuple(layout["cardinalities"]),
-                                                    n_dense=layout["n_dense"]), **spec["kwargs"])
+    # bag_sizes: absent from checkpoints written before multi-hot fields (all fields single-valued)
+    model = build_model(spec["name"], FeatureLayout(cardinalities=tuple(layout["cardinalities"]), n_dense=layout["n_dense"],
+                                                    bag_sizes=tuple(layout.get("bag_sizes", ()))), **spec["kwargs"])
     model.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
     model.eval()
     return model, Preprocessor.load(directory), spec

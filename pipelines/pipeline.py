@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from mixrec.features import adapters, feast_repo
 from mixrec.features.adapters import SourceInfo, split_by_time, time_cuts
 from mixrec.features.dataset import SPLIT_COLUMN, DatasetError, DatasetSpec, load_dataset_spec
+from mixrec.features.multihot import plain_list_columns
 from mixrec.features.schema import SYNTHETIC_SCHEMA, DatasetSchema
 from mixrec.features.synthetic import generate, write_parquet_atomic, write_sources
 
@@ -211,7 +212,7 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
 
     with timer.step("dataset_checks", "Great Expectations on aggregates: row counts, label-rate and unseen-value drift"):
         v = cfg.validate_
-        aggregates = validate.split_aggregates(prepared, preprocessor.categorical)
+        aggregates = validate.split_aggregates(prepared, preprocessor.categorical, preprocessor.bag_sizes)
         counts.update({f"{r['split']}_rows": int(r["rows"]) for r in aggregates.to_dict("records")})
         result = validate.check_dataset(aggregates, v.min_rows, v.max_label_rate_drift, v.max_unseen_rate_increase)
         report, summary = validate.validation_report(vresult, aggregates, result, asdict(retrieval))
@@ -220,7 +221,7 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
         if not report["success"]:
             raise validate.ValidationFailed(f"dataset-level validation failed (see "
                                             f"{ws.artifacts_dir / 'validation_report.json'}):\n{summary}")
-    example = accepted.limit(5).to_pandas()[list(schema.model_columns)]
+    example = plain_list_columns(accepted.limit(5).to_pandas()[list(schema.model_columns)])
     return PreparedData(workspace=ws, schema=schema, preprocessor=preprocessor, datasets=prepared, counts=counts,
                         suite=suite, validation_summary=summary, validation_report=report, example=example,
                         source_files=[info.events, *info.entities.values()])

@@ -4,7 +4,8 @@ The fitted state is one versioned JSON artifact (:class:`Preprocessor`): categor
 min-count (index 0 is the OOV bucket: rare, unseen or missing values; values are integers or strings, e.g.
 Criteo's hashed ids), hashing into a fixed number of buckets for fields with more distinct train values than a
 threshold (index 0: missing), and dense statistics (optional log1p,
-standardization, clipping; missing values are imputed with the training mean). It is saved next to the model
+standardization, clipping; missing values are imputed with the training mean). A multi-hot field has a
+vocabulary (or hashing) over its *values* and becomes ``max_len`` id columns, padded with 0. It is saved next to the model
 in MLflow and loaded by the ranker, so training-serving skew cannot happen by construction.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mixrec.features.multihot import flat_values, place, series_value_lists
 from mixrec.features.schema import DatasetSchema
 from mixrec.models import FeatureLayout
 
@@ -32,8 +34,18 @@ class DenseStats:
 
 
 @dataclass
+class BagSpec:
+    """How a multi-hot field becomes id columns: ``max_len`` of them, values split at ``separator`` when given
+    as one string, the ``first`` or ``last`` values kept when a row has more."""
+
+    max_len: int
+    separator: str = "|"
+    keep: str = "last"
+
+
+@dataclass
 class Preprocessor:
-    categorical: list[str]
+    categorical: list[str]  # every categorical field in layout order, multi-hot ones included
     dense: list[str]
     vocabularies: dict[str, list[int] | list[str]]  # field -> values in index order 1..n (empty when hashed)
     dense_stats: dict[str, DenseStats]
@@ -41,8 +53,10 @@ class Preprocessor:
     label: str
     version: int = ARTIFACT_VERSION
     hashed: dict[str, int] = field(default_factory=dict)  # field -> buckets (ids 1..buckets; 0 = missing)
+    multi_hot: dict[str, BagSpec] = field(default_factory=dict)  # multi-hot field -> its bag (vocabulary of str)
 
     def __post_init__(self):
+        self.multi_hot = {f: b if isinstance(b, BagSpec) else BagSpec(**b) for f, b in self.multi_hot.items()}
         self._indexes = {f: pd.Index(v) for f, v in self.vocabularies.items()}
         self._numeric = {f: all(isinstance(x, int) for x in v) for f, v in self.vocabularies.items()}
         # Build each Index's hash engine now: pandas builds it lazily, and first concurrent get_indexer calls
@@ -55,21 +69,38 @@ class Preprocessor:
     def layout(self) -> FeatureLayout:
         return FeatureLayout(cardinalities=tuple(self.hashed[f] + 1 if f in self.hashed else len(self.vocabularies[f]) + 1
                                                  for f in self.categorical),
-                             n_dense=len(self.dense))
+                             n_dense=len(self.dense), bag_sizes=self.bag_sizes)
+
+    @property
+    def bag_sizes(self) -> tuple[int, ...]:
+        """Id columns per categorical field: ``max_len`` for a multi-hot one, else 1."""
+        return tuple(self.multi_hot[f].max_len if f in self.multi_hot else 1 for f in self.categorical)
+
+    def id_column(self, name: str) -> int:
+        """First column of categorical field ``name`` in ``transform(...)["categorical"]``."""
+        return sum(self.bag_sizes[:self.categorical.index(name)])
 
     def transform(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Raw feature columns -> ``categorical`` int64 [B, n_cat] and ``dense`` float32 [B, n_dense].
+        """Raw feature columns -> ``categorical`` int64 [B, n_id_columns] and ``dense`` float32 [B, n_dense].
 
         Unknown, rare and missing categorical values map to 0 (OOV); missing dense values to the train mean.
-        A missing column raises KeyError naming it.
+        A multi-hot field (a list column or delimited strings) fills its ``max_len`` columns with its values'
+        ids, padded with 0. A missing column raises KeyError naming it.
         """
         missing = [c for c in (*self.categorical, *self.dense) if c not in frame.columns]
         if missing:
             raise KeyError(f"preprocessing input lacks column(s) {missing}")
         n = len(frame)
-        cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
-        for j, name in enumerate(self.categorical):
-            if name in self.hashed:
+        cat = np.zeros((n, sum(self.bag_sizes)), dtype=np.int64)
+        starts = np.cumsum((0, *self.bag_sizes))
+        for j, name in zip(starts, self.categorical, strict=False):
+            if name in self.multi_hot:
+                bag = self.multi_hot[name]
+                values, rows = _bag_values(frame[name], name, bag.separator)
+                ids = (hash_to_buckets(pd.Series(values, dtype=object), self.hashed[name]) if name in self.hashed
+                       else self._indexes[name].get_indexer(values) + 1)
+                cat[:, j:j + bag.max_len] = place(ids, rows, n, bag.max_len, bag.keep)
+            elif name in self.hashed:
                 cat[:, j] = hash_to_buckets(frame[name], self.hashed[name])
             elif self._numeric[name]:
                 values = pd.to_numeric(frame[name], errors="coerce")
@@ -96,6 +127,8 @@ class Preprocessor:
     def to_json(self) -> dict:
         d = asdict(self)
         d["dense_stats"] = {k: asdict(v) for k, v in self.dense_stats.items()}
+        if not self.multi_hot:  # without multi-hot fields the artifact is the one earlier mixrec versions read
+            del d["multi_hot"]
         return d
 
     @classmethod
@@ -135,13 +168,25 @@ def hash_to_buckets(values: pd.Series, buckets: int) -> np.ndarray:
     return np.where(missing, 0, 1 + (hashed % np.uint64(buckets)).astype(np.int64))
 
 
-def _partial_stats(batch: pd.DataFrame, categorical: list[str], dense: list[tuple[str, bool]]) -> pd.DataFrame:
+def _bag_values(values: pd.Series, name: str, separator: str) -> tuple[np.ndarray, np.ndarray]:
+    """A multi-hot column -> (its values as str, the row of each), every row's values in order."""
+    try:
+        return flat_values(series_value_lists(values, separator))
+    except ValueError as err:
+        raise ValueError(f"multi-hot field {name!r}: {err}") from None
+
+
+def _partial_stats(batch: pd.DataFrame, categorical: list[str], dense: list[tuple[str, bool]],
+                   multi_hot: dict[str, str] | None = None) -> pd.DataFrame:
     """Per-batch value counts and dense moments, as rows (stat, field, value, numeric, count, sum, sumsq);
-    categorical values travel as strings (``numeric`` says whether to read them back as integers)."""
+    categorical values travel as strings (``numeric`` says whether to read them back as integers). A multi-hot
+    field (``multi_hot``: name -> separator) counts each value of each row's list; its values stay strings."""
     parts = []
+    multi_hot = multi_hot or {}
     for name in categorical:
-        numeric = pd.api.types.is_numeric_dtype(batch[name].dtype)
-        vc = _canonical(batch[name]).dropna().value_counts()
+        numeric = name not in multi_hot and pd.api.types.is_numeric_dtype(batch[name].dtype)
+        vc = (pd.Series(_bag_values(batch[name], name, multi_hot[name])[0], dtype=object).value_counts()
+              if name in multi_hot else _canonical(batch[name]).dropna().value_counts())
         parts.append(pd.DataFrame({"stat": "count", "field": name, "value": vc.index.to_numpy(dtype=object).astype(str),
                                    "numeric": numeric, "count": vc.to_numpy(np.int64), "sum": 0.0, "sumsq": 0.0}))
     for name, log1p in dense:
@@ -196,11 +241,14 @@ def fit_preprocessor(train_ds, schema: DatasetSchema, min_count: int, clip_sigma
     """Fit on the training split as a streaming reduction: each Ray Data batch yields partial counts and
     moments, which the driver folds into running totals as they arrive (:class:`PartialStats`), so its memory
     is bounded by the vocabularies, not the rows. A field with more than ``hash_above`` distinct train values
-    is hashed into ``hash_buckets`` buckets (and its values stop being counted as soon as it crosses that)."""
+    is hashed into ``hash_buckets`` buckets (and its values stop being counted as soon as it crosses that); for a multi-hot
+    field these are counts of its values (each occurrence in each row's list)."""
     categorical = [f.name for f in schema.categorical]
     dense = [(f.name, f.log1p) for f in schema.dense]
+    multi_hot = {f.name: f.separator for f in schema.multi_hot}
     totals = PartialStats(hash_above)
-    for batch in train_ds.map_batches(_partial_stats, fn_kwargs={"categorical": categorical, "dense": dense},
+    for batch in train_ds.map_batches(_partial_stats, fn_kwargs={"categorical": categorical, "dense": dense,
+                                                                 "multi_hot": multi_hot},
                                       batch_format="pandas").iter_batches(batch_format="pandas", batch_size=None):
         totals.add(batch)
     partials = totals.result()
@@ -223,5 +271,6 @@ def fit_preprocessor(train_ds, schema: DatasetSchema, min_count: int, clip_sigma
         mean = s / n
         std = float(np.sqrt(max(ss / n - mean * mean, 0.0))) or 1.0
         stats[name] = DenseStats(mean=float(mean), std=std, log1p=log1p)
+    bags = {f.name: BagSpec(max_len=f.max_len, separator=f.separator, keep=f.keep) for f in schema.multi_hot}
     return Preprocessor(categorical=categorical, dense=[d for d, _ in dense], vocabularies=vocabularies,
-                        dense_stats=stats, clip_sigma=clip_sigma, label=schema.label, hashed=hashed)
+                        dense_stats=stats, clip_sigma=clip_sigma, label=schema.label, hashed=hashed, multi_hot=bags)

@@ -254,7 +254,7 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
         "optimizer": cfg.optimizer, "embedding_optimizer": cfg.embedding_optimizer,
         "embedding_learning_rate": cfg.embedding_learning_rate, "early_stopping_patience": cfg.early_stopping_patience,
         "use_gpu": cfg.use_gpu, "precision": cfg.precision, "compile": cfg.compile, "warmup_steps": cfg.warmup_steps,
-        "user_column": preprocessor.categorical.index(user_key) if user_key in preprocessor.categorical else None,
+        "user_column": preprocessor.id_column(user_key) if user_key in preprocessor.categorical else None,
         "mlflow_run_id": mlflow_run_id, "checkpoint_every_steps": cfg.checkpoint_every_steps,
         "log_checkpoints": cfg.log_checkpoints,
     }

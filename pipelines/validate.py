@@ -2,8 +2,9 @@
 
 The row-level suite is derived from the dataset schema plus ranges fitted on the training window: columns
 present and of the type they have in the training window (e.g. a dense column that arrives as text), label in
-{0, 1}, keys (and fields declared not nullable) not null, dense values finite and within the fitted range
-(widened by a margin; lower bound only for log1p counts, whose tail is unbounded). The adapters cast every
+{0, 1}, keys (and fields declared not nullable, multi-hot lists included: an empty list is not null) not null,
+dense values finite and within the fitted range (widened by a margin; lower bound only for log1p counts, whose
+tail is unbounded). The adapters cast every
 column to its schema type at ingest too, and fail there naming the file and column.
 Every row that fails goes to a quarantine Parquet file with the expectation(s) it failed; the
 counts reconcile (rows in = accepted + quarantined); above a failure fraction the run stops with a clear error.
@@ -273,19 +274,23 @@ def _write_quarantine(bad, path: Path) -> int:
 
 
 # --- dataset level --------------------------------------------------------------------------------------
-def _split_aggregates(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-batch partial aggregates of a prepared split: rows, label sum, OOV (id 0) count per field."""
+def _split_aggregates(batch: dict[str, np.ndarray], starts: list[int]) -> dict[str, np.ndarray]:
+    """Per-batch partial aggregates of a prepared split: rows, label sum, OOV count per field (rows whose id
+    columns of the field, ``starts`` giving each field's first, are all 0)."""
     cat = batch["categorical"]
+    known = np.logical_or.reduceat(cat != 0, starts, axis=1) if len(cat) else np.zeros((0, len(starts)), bool)
     return {"rows": np.array([len(cat)]), "label_sum": np.array([float(batch["label"].sum())]),
-            "oov": (cat == 0).sum(axis=0, keepdims=True)}
+            "oov": (~known).sum(axis=0, keepdims=True)}
 
 
-def split_aggregates(prepared: dict, categorical: list[str]) -> pd.DataFrame:
-    """One row per split: rows, label_rate, unseen_rate_<field> (share of the field's values mapped to OOV:
-    unseen in train, rare or missing). A streaming reduction; only per-batch partials reach the driver."""
+def split_aggregates(prepared: dict, categorical: list[str], bag_sizes: tuple[int, ...] = ()) -> pd.DataFrame:
+    """One row per split: rows, label_rate, unseen_rate_<field> (share of rows whose value maps to OOV:
+    unseen in train, rare or missing; for a multi-hot field, rows none of whose values is known, with
+    ``bag_sizes`` its id columns). A streaming reduction; only per-batch partials reach the driver."""
+    starts = np.cumsum((0, *(bag_sizes or (1,) * len(categorical))))[:-1].tolist()
     rows = []
     for split, ds in prepared.items():
-        parts = ds.map_batches(_split_aggregates, batch_format="numpy").take_all()
+        parts = ds.map_batches(_split_aggregates, fn_kwargs={"starts": starts}, batch_format="numpy").take_all()
         n = sum(int(p["rows"]) for p in parts)
         oov = np.sum([p["oov"] for p in parts], axis=0) if parts else np.zeros(len(categorical))
         row = {"split": split, "rows": n, "label_rate": sum(p["label_sum"] for p in parts) / max(n, 1)}
