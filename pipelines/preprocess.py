@@ -176,7 +176,7 @@ def _bag_values(values: pd.Series, name: str, separator: str) -> tuple[np.ndarra
         raise ValueError(f"multi-hot field {name!r}: {err}") from None
 
 
-def _partial_stats(batch: pd.DataFrame, categorical: list[str], dense: list[tuple[str, bool]],
+def partial_stats(batch: pd.DataFrame, categorical: list[str], dense: list[tuple[str, bool]],
                    multi_hot: dict[str, str] | None = None) -> pd.DataFrame:
     """Per-batch value counts and dense moments, as rows (stat, field, value, numeric, count, sum, sumsq);
     categorical values travel as strings (``numeric`` says whether to read them back as integers). A multi-hot
@@ -201,7 +201,7 @@ def _partial_stats(batch: pd.DataFrame, categorical: list[str], dense: list[tupl
 
 
 class PartialStats:
-    """Running totals of :func:`_partial_stats` frames: rows with the same (stat, field, value) are summed
+    """Running totals of :func:`partial_stats` frames: rows with the same (stat, field, value) are summed
     whenever enough have accumulated; a field whose distinct values exceed ``hash_above`` is dropped from
     the totals (it will be hashed: its vocabulary is not needed)."""
 
@@ -238,19 +238,32 @@ class PartialStats:
 
 def fit_preprocessor(train_ds, schema: DatasetSchema, min_count: int, clip_sigma: float,
                      hash_above: int = 100_000, hash_buckets: int = 2**18) -> Preprocessor:
-    """Fit on the training split as a streaming reduction: each Ray Data batch yields partial counts and
-    moments, which the driver folds into running totals as they arrive (:class:`PartialStats`), so its memory
-    is bounded by the vocabularies, not the rows. A field with more than ``hash_above`` distinct train values
-    is hashed into ``hash_buckets`` buckets (and its values stop being counted as soon as it crosses that); for a multi-hot
-    field these are counts of its values (each occurrence in each row's list)."""
+    """Fit on the training split (a Ray Dataset) as a streaming reduction: each batch yields partial counts
+    and moments (:func:`partial_stats`), which the driver folds into running totals as they arrive, so its
+    memory is bounded by the vocabularies, not the rows."""
+    kwargs = partial_stats_kwargs(schema)
+    partials = train_ds.map_batches(partial_stats, fn_kwargs=kwargs, batch_format="pandas")
+    return fit_from_partials(partials.iter_batches(batch_format="pandas", batch_size=None), schema, min_count,
+                             clip_sigma, hash_above, hash_buckets)
+
+
+def partial_stats_kwargs(schema: DatasetSchema) -> dict:
+    """The keyword arguments of :func:`partial_stats` for a schema."""
+    return {"categorical": [f.name for f in schema.categorical], "dense": [(f.name, f.log1p) for f in schema.dense],
+            "multi_hot": {f.name: f.separator for f in schema.multi_hot}}
+
+
+def fit_from_partials(partial_frames, schema: DatasetSchema, min_count: int, clip_sigma: float,
+                      hash_above: int = 100_000, hash_buckets: int = 2**18) -> Preprocessor:
+    """A :class:`Preprocessor` from an iterable of :func:`partial_stats` frames (:class:`PartialStats` folds
+    them). A field with more than ``hash_above`` distinct train values is hashed into ``hash_buckets`` buckets
+    (its values stop being counted as soon as it crosses that); for a multi-hot field these are counts of its
+    values (each occurrence in each row's list)."""
     categorical = [f.name for f in schema.categorical]
     dense = [(f.name, f.log1p) for f in schema.dense]
-    multi_hot = {f.name: f.separator for f in schema.multi_hot}
     totals = PartialStats(hash_above)
-    for batch in train_ds.map_batches(_partial_stats, fn_kwargs={"categorical": categorical, "dense": dense,
-                                                                 "multi_hot": multi_hot},
-                                      batch_format="pandas").iter_batches(batch_format="pandas", batch_size=None):
-        totals.add(batch)
+    for frame in partial_frames:
+        totals.add(frame)
     partials = totals.result()
     vocabularies, hashed = {}, {}
     for name in categorical:

@@ -14,7 +14,14 @@ import pytest
 from mixrec.features.adapters import write_sources
 from mixrec.features.dataset import DatasetError, parse_dataset_spec
 from mixrec.features.multihot import place, to_value_lists
-from mixrec.pipelines.preprocess import BagSpec, DenseStats, Preprocessor, fit_preprocessor
+from mixrec.pipelines.preprocess import (
+    BagSpec,
+    DenseStats,
+    Preprocessor,
+    fit_from_partials,
+    partial_stats,
+    partial_stats_kwargs,
+)
 
 SPEC = {"name": "movies", "format": "parquet", "files": {"all": "events.parquet"}, "label": "clicked",
         "entities": {"user": {"key": "uid"}}, "categorical": ["uid"], "dense": ["price"],
@@ -33,16 +40,11 @@ def _frame(as_strings: bool) -> pd.DataFrame:
                          "recent": join(RECENT, ";") if as_strings else RECENT})
 
 
-class _Batches:
-    """Ray Data's map_batches(...).to_pandas() over two pandas batches: partial stats reduce like on Ray."""
-
-    def __init__(self, frame: pd.DataFrame):
-        self.frame = frame
-
-    def map_batches(self, fn, fn_kwargs, batch_format):
-        half = len(self.frame) // 2
-        out = pd.concat([fn(self.frame.iloc[:half], **fn_kwargs), fn(self.frame.iloc[half:], **fn_kwargs)])
-        return type("Done", (), {"to_pandas": lambda _: out})()
+def _fit(frame: pd.DataFrame, schema, min_count: int, clip_sigma: float):
+    """Fit from the partial stats of two batches of ``frame`` (what each Ray Data batch of the train split yields)."""
+    kwargs, half = partial_stats_kwargs(schema), len(frame) // 2
+    parts = [partial_stats(frame.iloc[:half], **kwargs), partial_stats(frame.iloc[half:], **kwargs)]
+    return fit_from_partials(parts, schema, min_count, clip_sigma)
 
 
 # --- the schema file ------------------------------------------------------------------------------------
@@ -129,13 +131,13 @@ def test_entity_file_multi_hot_fields(tmp_path):
 def test_fit_counts_values_with_min_count_and_lists_equal_strings():
     schema = parse_dataset_spec(SPEC).to_schema()
     lists, strings = _frame(as_strings=False), _frame(as_strings=True)
-    pre = fit_preprocessor(_Batches(lists), schema, min_count=2, clip_sigma=5.0)
+    pre = _fit(lists, schema, min_count=2, clip_sigma=5.0)
     # value counts over every list: drama 4, comedy 3, horror 1 (rare -> OOV); recent 5: 3, 6: 2, others 1
     assert pre.vocabularies["genres"] == ["comedy", "drama"] and pre.vocabularies["recent"] == ["5", "6"]
     assert pre.vocabularies["uid"] == [1, 2, 3]
     assert pre.bag_sizes == (1, 10, 3) and pre.layout().bag_sizes == (1, 10, 3)
     assert pre.layout().cardinalities == (4, 3, 3) and pre.id_column("recent") == 11
-    assert fit_preprocessor(_Batches(strings), schema, 2, 5.0).to_json() == pre.to_json()
+    assert _fit(strings, schema, 2, 5.0).to_json() == pre.to_json()
     a, b = pre.transform(lists)["categorical"], pre.transform(strings)["categorical"]
     assert a.shape == (6, 14) and np.array_equal(a, b)
     genres, recent = a[:, 1:11], a[:, 11:]
