@@ -63,7 +63,7 @@ class FeaturesConfig(_Section):
 class ValidateConfig(_Section):
     max_failure_fraction: float = Field(0.05, ge=0.0, le=1.0, description="stop the run above this share of bad rows")
     range_margin: float = Field(0.25, ge=0.0, description="fitted dense ranges are widened by this share of their span")
-    batch_size: int = Field(10_000, ge=100, description="rows per Great Expectations validation call")
+    batch_size: int = Field(50_000, ge=100, description="rows per Great Expectations validation call (its cost is mostly per call)")
     min_rows: int = Field(1, ge=1, description="dataset-level: every split must keep at least this many rows")
     max_label_rate_drift: float = Field(0.1, ge=0.0, le=1.0, description="dataset-level: |label rate of valid/test "
                                         "- label rate of train| above this stops the run")

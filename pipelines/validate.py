@@ -154,8 +154,10 @@ class BatchValidator:
         self._types = {e["kwargs"]["column"]: e["kwargs"].get("type_list") or [e["kwargs"]["type_"]]
                        for e in suite_json["expectations"] if e["type"] in TYPE_EXPECTATIONS}
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        batch = batch.reset_index(drop=True)
+    def __call__(self, table: pa.Table) -> pa.Table:
+        # GX judges types on numpy-backed columns: Ray Data's own pandas batches are pyarrow-backed
+        # (int64[pyarrow], ...), on which GX 1.24's type expectations fail for every value.
+        batch = table.to_pandas()
         failed = np.full(len(batch), "", dtype=object)
         if len(batch):
             result = self._batch_definition.get_batch(batch_parameters={"dataframe": batch}).validate(
@@ -175,10 +177,13 @@ class BatchValidator:
         if bad.any():
             raw[bad] = batch[bad].to_json(orient="records", lines=True, date_format="iso",
                                           default_handler=str).splitlines()
-        out = batch.assign(**{col: _coerce(batch[col], types[0]) for col, types in self._types.items()
-                              if col in batch.columns and _dtype_name(batch[col]) not in types})
-        out[FAILED_COLUMN], out[RAW_COLUMN] = failed.astype(str), raw.astype(str)
-        return out
+        # Arrow out: untouched columns (list columns included) pass through as they came.
+        for col, types in self._types.items():
+            if col in batch.columns and _dtype_name(batch[col]) not in types:
+                i = table.schema.get_field_index(col)
+                table = table.set_column(i, col, pa.Array.from_pandas(_coerce(batch[col], types[0])))
+        return (table.append_column(FAILED_COLUMN, pa.array(failed.astype(str), pa.string()))
+                .append_column(RAW_COLUMN, pa.array(raw.astype(str), pa.string())))
 
 
 def _dtype_name(values: pd.Series) -> str:
@@ -221,7 +226,7 @@ def validate_dataset(ds, suite_json: dict, quarantine_path: Path, max_failure_fr
 
     validated_dir = validated_dir or quarantine_path.parent / "validated"
     # One actor: the GX context is built once and reused for every batch (building it costs ~40 ms).
-    checked = ds.map_batches(BatchValidator, fn_constructor_args=(suite_json,), batch_format="pandas",
+    checked = ds.map_batches(BatchValidator, fn_constructor_args=(suite_json,), batch_format="pyarrow",
                              batch_size=batch_size, compute=ActorPoolStrategy(size=1))
     write_dataset_atomic(checked, validated_dir)
     validated = ray.data.read_parquet(str(validated_dir))
