@@ -119,7 +119,7 @@ def run_pipeline_child(folder: Path, workspace: Path) -> None:
 
 
 def _tree_memory(pid: int) -> tuple[int, int, int, list[tuple[str, float]]]:
-    """(sum of RSS, sum of PSS, PSS of the root process, [(process, PSS GiB)] largest first) over a process
+    """(sum of RSS, sum of PSS, PSS of the root process, [(process, PSS GiB, USS GiB)] largest first) over a process
     and its descendants. PSS splits shared pages (the object store) between the processes mapping them, so
     its sum does not count them twice."""
     import psutil
@@ -134,7 +134,7 @@ def _tree_memory(pid: int) -> tuple[int, int, int, list[tuple[str, float]]]:
                 rss, pss = rss + info.rss, pss + info.pss
                 root_pss = info.pss if p.pid == pid else root_pss
                 name = "driver" if p.pid == pid else (p.cmdline()[0] if p.cmdline() else p.name())
-                each.append((name.split("/")[-1][:48], round(info.pss / 2**30, 2)))
+                each.append((name.split("/")[-1][:48], round(info.pss / 2**30, 2), round(info.uss / 2**30, 2)))
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
     except psutil.NoSuchProcess:

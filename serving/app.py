@@ -32,7 +32,7 @@ from ray.serve.exceptions import BackPressureError
 from mixrec.features import feast_repo
 from mixrec.features.schema import SYNTHETIC_SCHEMA, DatasetSchema
 
-from .features import CachedItemFeatures, UncachedItemFeatures, online_matrix, request_frame
+from .features import CachedItemFeatures, UncachedItemFeatures, context_fields, online_matrix, request_frame
 from .splitter import assign_arm, normalize_weights
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ CONTEXT_MAX = 2**31 - 1
 
 Id = Annotated[int, Field(strict=True, ge=0, le=ID_MAX)]
 ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-ContextValue = Annotated[int, Field(strict=True, ge=0, le=CONTEXT_MAX)]
+# A context feature: an id, or text (a string category, or a multi-hot field's values joined by its separator).
+ContextValue = Annotated[int, Field(strict=True, ge=0, le=CONTEXT_MAX)] | Annotated[str, StringConstraints(max_length=1024)]
 
 
 class RankRequest(BaseModel):
@@ -52,7 +53,9 @@ class RankRequest(BaseModel):
     items: list[Id] = Field(..., min_length=1, max_length=HARD_MAX_CANDIDATES,
                             description="candidate item ids (at most serve.max_candidates)")
     context: dict[ContextKey, ContextValue] = Field(
-        default_factory=dict, max_length=16, description="request-time features, e.g. device, hour")
+        default_factory=dict, max_length=64,
+        description="request-time features of the dataset schema (its request and row fields), e.g. device, hour; "
+                    "a missing one is imputed (OOV / train mean)")
 
 
 class RankedItem(BaseModel):
@@ -97,6 +100,7 @@ class ServeSpec:
     batch_wait_timeout_s: float = 0.002
     item_cache: bool = True
     item_cache_ttl_s: float = 300.0
+    schema: DatasetSchema = SYNTHETIC_SCHEMA  # the dataset schema the served models were trained on
     item_cache_check_s: float = 1.0
 
 
@@ -116,6 +120,7 @@ class RankerSpec:
     item_cache: bool
     item_cache_ttl_s: float
     item_cache_check_s: float
+    schema: DatasetSchema
 
     @classmethod
     def of(cls, spec: ServeSpec, arm: str) -> "RankerSpec":
@@ -123,21 +128,21 @@ class RankerSpec:
                    feast_repo=spec.feast_repo, env=tuple(sorted(spec.env.items())),
                    batch_max_size=spec.batch_max_size, batch_wait_timeout_s=spec.batch_wait_timeout_s,
                    item_cache=spec.item_cache, item_cache_ttl_s=spec.item_cache_ttl_s,
-                   item_cache_check_s=spec.item_cache_check_s)
+                   item_cache_check_s=spec.item_cache_check_s, schema=spec.schema)
 
 
 @serve.deployment(health_check_period_s=5, health_check_timeout_s=30, graceful_shutdown_timeout_s=5)
 class Ranker:
     """Scores candidates with one registered model version; several requests per forward pass."""
 
-    def __init__(self, spec: RankerSpec, schema: DatasetSchema = SYNTHETIC_SCHEMA):
+    def __init__(self, spec: RankerSpec):
         os.environ.update(dict(spec.env))
         import mlflow
 
         from mixrec.pipelines.registry import load_ranker
 
         mlflow.set_tracking_uri(spec.tracking_uri)
-        self.spec, self.schema = spec, schema
+        self.spec, self.schema = spec, schema = spec.schema
         self.arm, self.model_name, self.version = spec.arm, spec.model_name, spec.version
         self.ranker = load_ranker(spec.model_name, spec.version)
         repo = Path(spec.feast_repo)
@@ -206,9 +211,9 @@ class Splitter:
     answered here with 503 + Retry-After; should the splitter's own queue fill, Serve's proxy answers 503 with
     the same Retry-After (``BackpressureConfig``)."""
 
-    def __init__(self, spec: ServeSpec, schema: DatasetSchema = SYNTHETIC_SCHEMA, **rankers):
+    def __init__(self, spec: ServeSpec, **rankers):
         self.spec, self.rankers = spec, rankers
-        self.context_fields = {f.name for f in schema.from_source("request")} - {schema.user_key, schema.item_key}
+        self.context_fields = set(context_fields(spec.schema))
         self.weights = normalize_weights({arm: 1.0 for arm in rankers})
         self.token_sha256: str | None = None
 

@@ -35,17 +35,30 @@ def to_float(values: list) -> np.ndarray:
 
 
 def online_matrix(store, schema: DatasetSchema, source: str, keys: np.ndarray) -> np.ndarray:
-    """Online features of ``source`` ("user"/"item") for ``keys`` (n,) -> float64 (n, F), NaN where unknown."""
-    names = [f.name for f in schema.from_source(source)]
-    if len(keys) == 0:
-        return np.empty((0, len(names)))
+    """Online features of ``source`` ("user"/"item") for ``keys`` (n,) -> object (n, F): dense values as
+    floats (NaN where unknown), categorical ones as Feast returns them (ints, strings, lists; None where
+    unknown). The preprocessor maps unknowns to OOV or the training mean."""
+    fields = schema.from_source(source)
+    matrix = np.empty((len(keys), len(fields)), dtype=object)
+    if len(keys) == 0 or not fields:
+        return matrix
     values = feast_repo.online_features(store, schema, source, keys.tolist())
-    return np.column_stack([to_float(values[name]) for name in names])
+    for j, f in enumerate(fields):
+        # via an object Series: a multi-hot field's lists stay one cell each
+        matrix[:, j] = to_float(values[f.name]) if f.kind == "dense" else pd.Series(values[f.name], dtype=object).to_numpy()
+    return matrix
+
+
+def context_fields(schema: DatasetSchema) -> tuple[str, ...]:
+    """Features a rank request carries itself (``context``): the schema's request fields and its event-row
+    fields (what the event row held in training comes with the request when serving), but not the keys."""
+    keys = {schema.user_key, schema.item_key, schema.event_key}
+    return tuple(f.name for f in schema.fields if f.source in ("request", "row") and f.name not in keys)
 
 
 @dataclass(frozen=True)
 class ItemTable:
-    """Item features as sorted ids (n,) + a float64 matrix (n + 1, F) whose last row is all NaN (unknown ids)."""
+    """Item features as sorted ids (n,) + an object matrix (n + 1, F) whose last row is unknown (NaN/None)."""
 
     ids: np.ndarray
     values: np.ndarray
@@ -70,7 +83,9 @@ def marker_stamp(marker: Path) -> int | None:
 
 def catalog_item_ids(store, schema: DatasetSchema) -> np.ndarray:
     """Every item id the item feature view knows: the key column of its batch source (the online store
-    cannot list its keys), sorted and unique."""
+    cannot list its keys), sorted and unique. Empty when the schema has no item features."""
+    if not schema.from_source("item"):
+        return np.empty(0, dtype=np.int64)
     source = store.get_feature_view("item_features").batch_source
     ids = pd.read_parquet(source.path, columns=[schema.item_key])[schema.item_key].to_numpy(dtype=np.int64)
     return np.unique(ids)
@@ -80,9 +95,9 @@ def load_item_table(store, schema: DatasetSchema, marker: Path) -> ItemTable:
     """Read the whole item catalog from the Feast online store, in chunks."""
     stamp = marker_stamp(marker)  # before the read: a materialization during the load triggers another
     ids = catalog_item_ids(store, schema)
-    width = len(schema.from_source("item"))
+    unknown = np.array([[np.nan if f.kind == "dense" else None for f in schema.from_source("item")]], dtype=object)
     chunks = [online_matrix(store, schema, "item", ids[i:i + ONLINE_CHUNK]) for i in range(0, len(ids), ONLINE_CHUNK)]
-    values = np.vstack([*chunks, np.full((1, width), np.nan)])
+    values = np.vstack([*chunks, unknown.reshape(1, -1)])
     return ItemTable(ids=ids, values=values, loaded_at=time.time(), marker_stamp=stamp)
 
 
@@ -137,16 +152,17 @@ class UncachedItemFeatures:
 
 
 def request_frame(schema: DatasetSchema, users: np.ndarray, lengths: np.ndarray, items: np.ndarray,
-                  contexts: list[dict[str, int]], user_features: np.ndarray, item_features: np.ndarray) -> pd.DataFrame:
+                  contexts: list[dict], user_features: np.ndarray, item_features: np.ndarray) -> pd.DataFrame:
     """The model's raw input rows for a batch of B requests with N candidates in all.
 
-    users (B,), lengths (B,) candidates per request, items (N,), contexts B dicts, user_features (B, Fu),
-    item_features (N, Fi) -> DataFrame (N rows) with the schema's model columns."""
+    users (B,), lengths (B,) candidates per request, items (N,), contexts B dicts (:func:`context_fields`;
+    a missing one is None: OOV / train mean), user_features (B, Fu), item_features (N, Fi) -> DataFrame
+    (N rows) with the schema's model columns."""
     columns: dict[str, np.ndarray] = {schema.user_key: np.repeat(users, lengths), schema.item_key: items}
-    for f in schema.from_source("request"):
-        if f.name not in columns:
-            per_request = np.array([c.get(f.name, np.nan) for c in contexts], dtype=np.float64)
-            columns[f.name] = np.repeat(per_request, lengths)
+    dense = {f.name for f in schema.dense}
+    for name in context_fields(schema):
+        per_request = pd.Series([c.get(name) for c in contexts], dtype=object).to_numpy()
+        columns[name] = np.repeat(to_float(per_request) if name in dense else per_request, lengths)
     for j, f in enumerate(schema.from_source("user")):
         columns[f.name] = np.repeat(user_features[:, j], lengths)
     for j, f in enumerate(schema.from_source("item")):

@@ -50,6 +50,18 @@ def bearer_token_digest(cfg: PipelineConfig) -> str | None:
     return token_digest(token)
 
 
+def serving_schema(cfg: PipelineConfig):
+    """The config's dataset schema, which must name user and item keys: the ranker ranks items for a user."""
+    from mixrec.pipelines.pipeline import dataset_schema
+
+    schema = dataset_schema(cfg)
+    if not (schema.user_key and schema.item_key):
+        raise ConfigError(f"serving ranks items for a user, but dataset {schema.name!r} declares no user and item "
+                          f"keys: add `entities: {{user: {{key: ...}}, item: {{key: ...}}}}` to its schema file "
+                          f"({cfg.data.schema_file}) and train again")
+    return schema
+
+
 def serve_spec(cfg: PipelineConfig, ws: Workspace) -> ServeSpec:
     tracking_uri = setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws)
     arms, weights = resolve_arms(cfg.registry.model_name, cfg.serve.arms)
@@ -61,7 +73,7 @@ def serve_spec(cfg: PipelineConfig, ws: Workspace) -> ServeSpec:
                      max_queued_requests=s.max_queued_requests, retry_after_s=s.retry_after_s,
                      batch_max_size=s.batch_max_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
                      item_cache=s.item_cache, item_cache_ttl_s=s.item_cache_ttl_s,
-                     item_cache_check_s=s.item_cache_check_s)
+                     item_cache_check_s=s.item_cache_check_s, schema=serving_schema(cfg))
 
 
 def _deploy(cfg: PipelineConfig, ws: Workspace) -> tuple[str, ServeSpec]:

@@ -35,6 +35,12 @@ def _docs_schema() -> str:
     return next(b for b in blocks if b.startswith("name: shop"))
 
 
+def _shop_config(root: Path, workspace: Path, **extra) -> dict:
+    return {"workspace": str(workspace), "data": {"schema": str(root / "shop.yaml"), "root": str(root)},
+            "features": {"retrieval_chunk_rows": 2000},  # several chunks: streaming path
+            "validate": {"batch_size": 1000}, "preprocess": {"min_count": 1}, **extra}
+
+
 @pytest.fixture(scope="module")
 def shop(ray_session, tmp_path_factory):
     """The example's files from the synthetic generator (daily user snapshots), then the pipeline's data steps."""
@@ -55,10 +61,7 @@ def shop(ray_session, tmp_path_factory):
     extra = pd.read_csv(root / "shop" / "events.csv").tail(2).assign(user_id=999, event_id=[10_000, 10_001])
     extra.to_csv(root / "shop" / "events.csv", mode="a", header=False, index=False)
     (root / "shop.yaml").write_text(_docs_schema())
-    cfg = parse_config({"workspace": str(root / "ws"),
-                        "data": {"schema": str(root / "shop.yaml"), "root": str(root)},
-                        "features": {"retrieval_chunk_rows": 2000},  # several chunks: streaming path
-                        "validate": {"batch_size": 1000}, "preprocess": {"min_count": 1}})
+    cfg = parse_config(_shop_config(root, root / "ws"))
     ws = Workspace.resolve(cfg.workspace).create(fresh=True)
     data = prepare_data(cfg, ws, StepTimer(lambda _: None))
     return t, ws, data
@@ -178,3 +181,36 @@ def test_one_epoch_on_multi_hot_fields_trains_reloads_and_scores_raw_rows(shop, 
     raw = pd.read_parquet(ws.holdout_path)
     probs = ranker.score(raw)
     assert probs.shape == (len(raw),) and np.isfinite(probs).all()
+
+
+def test_the_dataset_trains_registers_and_serves_over_http(shop, tmp_path, free_port):
+    """The whole pipeline from the schema file, then Ray Serve ranking with that schema: user and item
+    features (a multi-hot list among them) from the Feast online store, the event-row fields as request
+    context (a multi-hot one as its delimited string), through the registered model's preprocessing."""
+    import httpx
+
+    from mixrec.pipelines.pipeline import run_pipeline
+    from mixrec.serving.server import start_serving, stop_serving
+
+    t, ws, _ = shop
+    port = free_port()
+    cfg = parse_config(_shop_config(ws.root.parent, tmp_path / "ws", model={"name": "dnn"},
+                                    train={"num_workers": 1, "epochs": 1, "batch_size": 256},
+                                    serve={"port": port, "arms": {"champion": 1.0}}))
+    result = run_pipeline(cfg, fresh=True, progress=lambda _: None)
+    url = start_serving(cfg)
+    try:
+        items = t.items["item_id"].unique()[:6].tolist() + [987_654]  # the last one is unknown to Feast
+        user = int(t.users["user_id"].iloc[0])
+        body = {"user_id": user, "items": items, "context": {"device": 1, "recent_items": "3|17|5"}}
+        r = httpx.post(f"{url}/rank", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["model_version"] == result.version and out["user_id"] == user
+        assert sorted(x["item_id"] for x in out["ranked"]) == sorted(items)
+        scores = [x["score"] for x in out["ranked"]]
+        assert scores == sorted(scores, reverse=True) and all(0.0 < x < 1.0 for x in scores)
+        bad = httpx.post(f"{url}/rank", json={**body, "context": {"colour": 1}}, timeout=60)
+        assert bad.status_code == 422 and "colour" in bad.text and "recent_items" in bad.text
+    finally:
+        stop_serving()

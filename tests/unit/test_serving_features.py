@@ -36,7 +36,7 @@ def test_request_frame_repeats_per_request_values_over_that_requests_candidates(
     frame = request_frame(schema, users, lengths, items, [{"device": 1, "hour": 9}, {}], user_features, item_features)
     assert set(schema.model_columns) <= set(frame.columns) and len(frame) == 5
     assert frame["user_id"].tolist() == [7, 7, 8, 8, 8]
-    assert frame["device"].tolist()[:2] == [1, 1] and np.isnan(frame["device"].to_numpy()[2:]).all()
+    assert frame["device"].tolist() == [1, 1, None, None, None]  # missing context: None, imputed as OOV
     assert frame["activity"].tolist() == [0.5, 0.5, 0.25, 0.25, 0.25]
     assert frame["price"].tolist() == [2.0, 6.0, 10.0, 14.0, 18.0]
 
