@@ -142,7 +142,8 @@ class Ranker:
         from mixrec.pipelines.registry import load_ranker
 
         mlflow.set_tracking_uri(spec.tracking_uri)
-        self.spec, self.schema = spec, schema = spec.schema
+        schema = spec.schema
+        self.spec, self.schema = spec, schema
         self.arm, self.model_name, self.version = spec.arm, spec.model_name, spec.version
         self.ranker = load_ranker(spec.model_name, spec.version)
         repo = Path(spec.feast_repo)
