@@ -100,16 +100,11 @@ def run_pipeline_child(folder: Path, workspace: Path) -> None:
     """Child process: the pipeline's data steps on the files; prints the step seconds as JSON."""
     from mixrec.pipelines.config import parse_config
     from mixrec.pipelines.pipeline import StepTimer, prepare_data
-    from mixrec.pipelines.runtime import init_ray, quiet_environment
+    from mixrec.pipelines.runtime import init_ray
     from mixrec.pipelines.workspace import Workspace
 
-    # A capped object store: Ray spills blocks to disk beyond it, which is what keeps memory flat as rows grow.
-    quiet_environment()
-    import ray
-
-    ray.init(address="local", num_cpus=2, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False,
-             log_to_driver=False)
-    init_ray()
+    # A capped object store: Ray spills blocks to disk beyond it.
+    init_ray(num_cpus=2, object_store_memory=OBJECT_STORE_BYTES)
     cfg = parse_config({"workspace": str(workspace), "data": {"schema": str(folder / "schema.yaml"), "root": str(folder)},
                         "features": {"retrieval_chunk_rows": 500_000}, "preprocess": {"min_count": 2}})
     ws = Workspace.resolve(cfg.workspace).create(fresh=True)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from .config import PipelineConfig, load_config
+from .runtime import WORKER_ENV
 
 CODE_FOLDERS = ("models", "features", "pipelines", "serving", "tuning")
 EXCLUDES = ["__pycache__", "*.pyc", ".pytest_cache"]
@@ -50,7 +51,7 @@ def submit(config_path: Path, address: str, env: dict[str, str] | None = None,
 
     cfg: PipelineConfig = load_config(config_path)  # reject a bad config before anything is shipped
     check_model_config(cfg)
-    env_vars = {"RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    env_vars = {"RAY_USAGE_STATS_ENABLED": "0", **WORKER_ENV, **(env or {})}
     if cfg.registry.tracking_uri:
         env_vars.setdefault("MLFLOW_TRACKING_URI", cfg.registry.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="mixrec-job-") as tmp:
