@@ -190,6 +190,8 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
         accepted, vresult = validate.validate_dataset(
             rows, suite, ws.quarantine_dir / "validation.parquet",
             cfg.validate_.max_failure_fraction, cfg.validate_.batch_size, validated_dir=ws.validated_dir)
+        if vresult.rows_in != retrieval.joined:
+            raise RuntimeError(f"validation saw {vresult.rows_in} rows of the {retrieval.joined} retrieved")
         counts = {"events": info.rows, "feast_dropped": retrieval.dropped, "validated": vresult.rows_in,
                   "accepted": vresult.accepted, "quarantined": vresult.quarantined}
         progress(f"    {vresult.summary()}; dropped by the point-in-time join: {retrieval.dropped}")

@@ -209,7 +209,7 @@ def _failure_counts(batch: pd.DataFrame) -> pd.DataFrame:
 
 
 def validate_dataset(ds, suite_json: dict, quarantine_path: Path, max_failure_fraction: float,
-                     batch_size: int = 10_000, validated_dir: Path | None = None) -> tuple[object, ValidationResult]:
+                     batch_size: int = 50_000, validated_dir: Path | None = None) -> tuple[object, ValidationResult]:
     """Validate a Ray Dataset batch by batch, streaming; return (accepted dataset, counts).
 
     The checked rows stream to Parquet in ``validated_dir`` (default: ``validated`` beside the quarantine)
