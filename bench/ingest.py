@@ -154,7 +154,9 @@ def measure(folder: Path, workspace: Path) -> dict:
         for line in child.stderr:
             sys.stderr.write(line)
             step = STEP_LINE.match(line)
-            if step:
+            if step:  # the figures so far, so a long run that dies later still leaves them in its log
+                print(f"bench: peak PSS so far {peak['pss'] / 2**30:.2f} GiB (driver {peak['driver_pss'] / 2**30:.2f}); "
+                      f"by step {step_peak}; largest at peak {at_peak[:4]}", file=sys.stderr, flush=True)
                 current[0] = step.group(1).split(":")[0].strip(" .")[:40]
 
     def sample():
@@ -173,6 +175,8 @@ def measure(folder: Path, workspace: Path) -> dict:
     out = child.stdout.read()
     child.wait()
     done.set()
+    print(f"bench: peak PSS {peak['pss'] / 2**30:.2f} GiB (driver {peak['driver_pss'] / 2**30:.2f}); by step "
+          f"{step_peak}; largest at peak {at_peak[:4]}", file=sys.stderr, flush=True)
     for t in threads:
         t.join()
     if child.returncode:

@@ -214,6 +214,9 @@ def run_study(study: StudyConfig, resume: bool = False, progress=print) -> dict:
     finished = {json.loads(line)["id"] for line in results_path.read_text().splitlines()} if results_path.exists() else set()
     timer = StepTimer(progress)
     data = prepare_data(study.pipeline, ws, timer)
+    # Every trial reads the same splits: hold them in the object store once (it spills to disk when full)
+    # rather than have each trial's Ray Data read tasks compete with the trials' Train workers for CPUs.
+    data.datasets = {name: ds.materialize() for name, ds in data.datasets.items()}
     layout = data.preprocessor.layout()
     train_rows = data.datasets["train"].count()
     lrs = study.learning_rates or [study.pipeline.train.learning_rate]
