@@ -18,7 +18,10 @@ QUIET_ENV = {
 # Ray workers: Arrow allocates through malloc instead of its jemalloc pool, which kept each long-lived Ray
 # Data worker's freed batch memory (1.5 GiB of one worker's USS after 2M rows; 0.7 GiB with these, measured
 # with bench/ingest.py), and glibc keeps two arenas, not one per thread.
-WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "2"}
+# RAY_DATA_USE_DATASOURCE_V2=0: Ray 2.60's default Parquet reader (DataSourceV2) starts a fresh FooterReader
+# actor for every execution, about 4 s of wall time on 2 cores per read of even a 4,000-row file (0.1 s with
+# the V1 reader; bench/ray_data_read.py). Every validation, preprocessing pass and training epoch reads Parquet.
+WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "2", "RAY_DATA_USE_DATASOURCE_V2": "0"}
 
 
 def quiet_environment() -> None:
@@ -49,6 +52,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
+    ctx.use_datasource_v2 = False  # see WORKER_ENV
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     for name in ("ray.data", "ray.train", "ray.tune", "ray.serve"):
