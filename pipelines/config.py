@@ -57,7 +57,9 @@ class FeaturesConfig(_Section):
         description="Feast offline_store block: `file` (default) or the contrib `ray` store for data beyond one machine")
     ttl_days: int = Field(30, ge=1, description="feature view TTL: events older than this past a feature row are quarantined")
     retrieval_chunk_rows: int = Field(500_000, ge=100, description="event rows per Feast historical retrieval "
-                                      "(bounds the driver's memory)")
+                                      "(bounds each retrieval task's memory)")
+    retrieval_parallelism: int = Field(2, ge=1, description="historical retrievals run at once, each a Ray task "
+                                       "in a worker of its own")
 
 
 class ValidateConfig(_Section):

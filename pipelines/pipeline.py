@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mixrec.features import adapters, feast_repo
@@ -21,10 +20,10 @@ from mixrec.features.adapters import SourceInfo, split_by_time, time_cuts
 from mixrec.features.dataset import SPLIT_COLUMN, DatasetError, DatasetSpec, load_dataset_spec
 from mixrec.features.multihot import plain_list_columns
 from mixrec.features.schema import SYNTHETIC_SCHEMA, DatasetSchema
-from mixrec.features.synthetic import generate, write_parquet_atomic, write_sources
+from mixrec.features.synthetic import generate, write_sources
 
 from .config import ConfigError, PipelineConfig
-from .ingest import join_chunk, retrieve_to_shards
+from .ingest import retrieve_to_shards
 from .storage import write_dataset_atomic, write_json_atomic
 from .workspace import Workspace
 
@@ -69,16 +68,6 @@ def setup_feature_store(cfg: PipelineConfig, ws: Workspace, schema: DatasetSchem
     store = feast_repo.open_store(ws.feast_repo)
     feast_repo.apply(store, feast_repo.build_definitions(schema, sources, cfg.features.ttl_days))
     return store
-
-
-def retrieve_training_rows(store, events: pd.DataFrame, schema: DatasetSchema, quarantine_path: Path
-                           ) -> tuple[pa.Table, int]:
-    """Point-in-time join of in-memory events; rows Feast dropped (no feature row inside the TTL) are
-    quarantined, not lost. The pipeline streams instead (pipelines.ingest.retrieve_to_shards)."""
-    table, dropped = join_chunk(store, events, schema)
-    if len(dropped):
-        write_parquet_atomic(dropped, quarantine_path)
-    return table, len(dropped)
 
 
 def check_model_config(cfg: PipelineConfig, schema: DatasetSchema = SYNTHETIC_SCHEMA) -> None:
@@ -164,16 +153,18 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
     progress = timer.progress
     schema, info = load_sources(cfg, ws, timer)
 
-    with timer.step("feast", "Feast: apply the feature repo, point-in-time retrieval, materialize"):
-        store = setup_feature_store(cfg, ws, schema, {"row": info.events, **info.entities})
-        retrieval = retrieve_to_shards(store, info.events, schema, ws.retrieved_dir,
-                                       ws.quarantine_dir / "feast_dropped.parquet", cfg.features.retrieval_chunk_rows)
-        start = info.min_time - pd.Timedelta(days=cfg.features.ttl_days)
-        feast_repo.materialize(store, start.to_pydatetime(), info.max_time.to_pydatetime(),
-                               tuple(s for s in schema.entity_sources if s != "row"), ws.materialized_marker)
-
     with timer.step("ray_init", "start Ray"):
         ray = init_ray(ray_address)  # init_ray imports ray.data too
+
+    with timer.step("feast", "Feast: apply the feature repo, point-in-time retrieval, materialize"):
+        f = cfg.features
+        store = setup_feature_store(cfg, ws, schema, {"row": info.events, **info.entities})
+        retrieval = retrieve_to_shards(ws.feast_repo, info.events, schema, ws.retrieved_dir,
+                                       ws.quarantine_dir / "feast_dropped.parquet", f.retrieval_chunk_rows,
+                                       f.retrieval_parallelism)
+        start = info.min_time - pd.Timedelta(days=f.ttl_days)
+        feast_repo.materialize(store, start.to_pydatetime(), info.max_time.to_pydatetime(),
+                               tuple(s for s in schema.entity_sources if s != "row"), ws.materialized_marker)
 
     from ray.data.expressions import col
 

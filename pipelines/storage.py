@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 
 def write_dataset_atomic(ds, path: Path) -> Path:
@@ -19,6 +22,31 @@ def write_dataset_atomic(ds, path: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def write_tables_atomic(tables: Iterable, path: Path) -> int:
+    """Arrow tables/batches -> one Parquet file at ``path`` (the first non-empty one's schema; the rest are cast
+    to it), streaming, all or nothing; returns the rows written. No file when there are no rows."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer, rows = None, 0
+    try:
+        for table in tables:
+            if table.num_rows == 0:
+                continue
+            if writer is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write(table.cast(writer.schema))
+            rows += table.num_rows
+        if writer is not None:
+            writer.close()
+            writer = None
+            tmp.replace(path)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return rows
 
 
 def write_json_atomic(data: dict, path: Path) -> Path:

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mixrec.features.schema import DatasetSchema
 
@@ -256,26 +255,9 @@ def validate_dataset(ds, suite_json: dict, quarantine_path: Path, max_failure_fr
 
 def _write_quarantine(bad, path: Path) -> int:
     """Stream the failed rows into one Parquet file (written beside ``path``, renamed when complete)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer, rows = None, 0
-    try:
-        for batch in bad.iter_batches(batch_format="pyarrow", batch_size=None):
-            if batch.num_rows == 0:
-                continue
-            if writer is None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                writer = pq.ParquetWriter(tmp, batch.schema)
-            writer.write_table(batch.cast(writer.schema))
-            rows += batch.num_rows
-        if writer is not None:
-            writer.close()
-            writer = None
-            tmp.replace(path)
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
-    return rows
+    from .storage import write_tables_atomic
+
+    return write_tables_atomic(bad.iter_batches(batch_format="pyarrow", batch_size=None), path)
 
 
 # --- dataset level --------------------------------------------------------------------------------------

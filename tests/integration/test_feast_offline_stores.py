@@ -9,18 +9,22 @@ import pytest
 from mixrec.features import feast_repo
 from mixrec.features.schema import SYNTHETIC_SCHEMA as SCHEMA
 from mixrec.features.synthetic import generate, write_sources
-from mixrec.pipelines.pipeline import retrieve_training_rows
+from mixrec.pipelines.ingest import retrieve_to_shards
 
 pytestmark = pytest.mark.integration
 
 
 def _retrieve(root, offline_store, tables):
+    """The pipeline's retrieval (chunks in Ray tasks) -> (joined rows, rows dropped and quarantined)."""
     sources = write_sources(tables, root / "sources")
     feast_repo.write_repo_config(root / "feast", "offline", str(root / "feast/registry.db"),
                                  {"type": "sqlite", "path": str(root / "feast/online.db")}, offline_store)
     store = feast_repo.open_store(root / "feast")
     feast_repo.apply(store, feast_repo.build_definitions(SCHEMA, sources, ttl_days=30))
-    return retrieve_training_rows(store, tables.events, SCHEMA, root / "quarantine.parquet")
+    counts = retrieve_to_shards(root / "feast", sources["events"], SCHEMA, root / "retrieved",
+                                root / "quarantine.parquet", chunk_rows=1500)
+    assert counts.events == len(tables.events) and counts.shards > 1  # several chunks, one task each
+    return pq.read_table(root / "retrieved"), counts.dropped
 
 
 def test_ray_offline_store_matches_file_store_and_loses_no_row(ray_session, tmp_path):
