@@ -113,14 +113,19 @@ def apply(store, definitions: list) -> None:
     store.apply(definitions)
 
 
-def historical_features(store, entity_df: pd.DataFrame) -> pa.Table:
-    """Point-in-time join of the FeatureService's features onto labelled event rows.
+def historical_features(store, entity_df: pd.DataFrame, schema: DatasetSchema) -> pa.Table:
+    """Point-in-time join of the user and item views onto labelled event rows.
 
-    Feast drops an event row whose entity has no feature row inside the TTL window; callers compare row
-    counts (see pipelines.ingest.join_chunk) and quarantine what is missing instead of losing it silently.
+    Row features are already on the event rows and ride along in ``entity_df``: joining the row view (an
+    exact-time match of each event with itself) would make Feast's file offline store read the whole events
+    file for every chunk. Feast drops an event row whose entity has no feature row inside the TTL window;
+    callers compare row counts (see pipelines.ingest.join_chunk) and quarantine what is missing instead of
+    losing it silently.
     """
-    job = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(FEATURE_SERVICE))
-    return job.to_arrow()
+    refs = [f"{view_name(s)}:{f.name}" for s in schema.entity_sources if s != "row" for f in schema.from_source(s)]
+    if not refs:  # row features only (Criteo): nothing to join
+        return pa.Table.from_pandas(entity_df, preserve_index=False)
+    return store.get_historical_features(entity_df=entity_df, features=refs).to_arrow()
 
 
 def materialize(store, start: datetime, end: datetime, sources: tuple[str, ...] = ("user", "item"),

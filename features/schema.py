@@ -3,8 +3,8 @@
 A feature belongs to one of four sources: the ``user`` or ``item`` entity (looked up in Feast, offline by
 point-in-time join for training and online for serving), the ``request`` itself (ids and context, carried on the
 event row in training and in the request body when serving), or the event ``row`` (datasets whose features
-come as one flat row, e.g. Criteo: Feast stores them under a row entity keyed by the event key, at the event's
-timestamp, so retrieval is still a point-in-time join).
+come as one flat row, e.g. Criteo: Feast registers them under a row entity keyed by the event key, at the
+event's timestamp; training retrieval carries them on the event rows and joins only the entity views).
 
 A ``multi_hot`` field is categorical with several values per row (genres, a recent-items sequence): a list of
 values, stored as a list of strings in the canonical sources and in Feast, mapped by the preprocessing to

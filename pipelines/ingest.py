@@ -1,7 +1,8 @@
 """Ingestion: dataset sources -> Feast point-in-time retrieval in bounded chunks -> Parquet shards for Ray Data.
 
-The events Parquet is read in chunks of ``chunk_rows`` rows; each chunk is the entity dataframe of one Feast
-historical retrieval whose joined rows are written as one shard. With more than one chunk, each runs as a Ray
+The events Parquet is read in chunks of ``chunk_rows`` rows; each chunk, row features included, is the entity
+dataframe of one Feast historical retrieval of the user and item views, whose joined rows are written as one
+shard. With more than one chunk, each runs as a Ray
 task whose worker exits after it (``max_calls=1``): Feast's pandas/dask join keeps memory that no later chunk
 reuses, and a process that exits gives it all back, so no process grows with the dataset; ``parallelism``
 chunks run at a time. A single chunk is joined in the calling process: a fresh worker would spend longer
@@ -62,16 +63,9 @@ def train_bounds(table: pa.Table, columns: list[str], split_column: str) -> dict
     return bounds
 
 
-def entity_columns(schema: DatasetSchema, events_path: Path) -> list[str]:
-    """Columns of the events file that form the entity dataframe: all but the row-view features (Feast
-    returns those)."""
-    row_features = {f.name for f in schema.from_source("row")}
-    return [c for c in pq.read_schema(events_path).names if c not in row_features]
-
-
 def join_chunk(store, events: pd.DataFrame, schema: DatasetSchema) -> tuple[pa.Table, pd.DataFrame]:
     """Point-in-time join of one chunk: (joined rows, the event rows Feast dropped)."""
-    table = feast_repo.historical_features(store, events)
+    table = feast_repo.historical_features(store, events, schema)
     kept = np.asarray(table[schema.event_key])
     dropped = events[~events[schema.event_key].isin(kept)]
     if table.num_rows + len(dropped) != len(events):
@@ -111,9 +105,8 @@ def retrieve_to_shards(repo_dir: Path, events_path: Path, schema: DatasetSchema,
     shutil.rmtree(tmp_dir, ignore_errors=True)
     (tmp_dir / "dropped").mkdir(parents=True)
     try:
-        columns = entity_columns(schema, events_path)
         pending = []
-        for i, batch in enumerate(pq.ParquetFile(events_path).iter_batches(batch_size=chunk_rows, columns=columns)):
+        for i, batch in enumerate(pq.ParquetFile(events_path).iter_batches(batch_size=chunk_rows)):
             if len(pending) >= parallelism:
                 done, pending = ray.wait(pending, num_returns=1)
                 counts.add(ray.get(done[0]))
