@@ -2,12 +2,11 @@
 
 The events Parquet is read in chunks of ``chunk_rows`` rows; each chunk, row features included, is the entity
 dataframe of one Feast historical retrieval of the user and item views, whose joined rows are written as one
-shard. With more than one chunk, each runs as a Ray
-task whose worker exits after it (``max_calls=1``): Feast's pandas/dask join keeps memory that no later chunk
-reuses, and a process that exits gives it all back, so no process grows with the dataset; ``parallelism``
-chunks run at a time. A single chunk is joined in the calling process: a fresh worker would spend longer
-importing Feast (about 6 s on 2 cores) than a small join takes.
-Feast drops an event row whose entity has no feature row inside the TTL: every chunk's rows are counted
+shard. With more than one chunk, each runs as a Ray task whose worker exits after it (``max_calls=1``):
+Feast's pandas/dask join keeps memory that no later chunk reuses, and a process that exits gives it all back,
+so no process grows with the dataset; ``parallelism`` chunks run at a time. A single chunk is joined in the
+calling process: a fresh worker would spend longer importing Feast (about 6 s on 2 cores) than a small join
+takes. Feast drops an event row whose entity has no feature row inside the TTL: every chunk's rows are counted
 before and after, the dropped ones quarantined with the reason.
 """
 
