@@ -92,7 +92,7 @@ def retrieve_to_shards(repo_dir: Path, events_path: Path, schema: DatasetSchema,
     ``out_dir/part-*.parquet``; needs a running Ray.
 
     The shards are written into a temporary folder renamed into place at the end, so ``out_dir`` holds a
-    complete retrieval or nothing; dropped rows go to ``quarantine_path`` (atomically, only if any). The driver
+    complete retrieval or nothing; dropped rows go to ``quarantine_path`` (atomically; no file when none). The driver
     holds at most ``parallelism`` chunks' references, never joined rows.
     """
     import ray
@@ -103,8 +103,8 @@ def retrieve_to_shards(repo_dir: Path, events_path: Path, schema: DatasetSchema,
     tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     (tmp_dir / "dropped").mkdir(parents=True)
+    pending = []
     try:
-        pending = []
         for i, batch in enumerate(pq.ParquetFile(events_path).iter_batches(batch_size=chunk_rows)):
             if len(pending) >= parallelism:
                 done, pending = ray.wait(pending, num_returns=1)
@@ -117,6 +117,7 @@ def retrieve_to_shards(repo_dir: Path, events_path: Path, schema: DatasetSchema,
                 pending.append(retrieve.remote(*args))
         for result in ray.get(pending):
             counts.add(result)
+        pending = []
         if counts.joined + counts.dropped != counts.events:
             raise RuntimeError(f"retrieval lost rows: {counts}")
         dropped = sorted((tmp_dir / "dropped").glob("*.parquet"))
@@ -125,5 +126,7 @@ def retrieve_to_shards(repo_dir: Path, events_path: Path, schema: DatasetSchema,
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp_dir.replace(out_dir)
     finally:
+        for ref in pending:  # after a failed chunk: no task may go on writing into the folder removed below
+            ray.cancel(ref, force=True)
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return counts

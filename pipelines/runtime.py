@@ -19,7 +19,7 @@ QUIET_ENV = {
 # Data worker's freed batch memory (1.5 GiB of one worker's USS after 2M rows; 0.7 GiB with these, measured
 # with bench/ingest.py), and glibc keeps two arenas, not one per thread.
 # RAY_DATA_USE_DATASOURCE_V2=0: Ray 2.60's default Parquet reader (DataSourceV2) starts a fresh FooterReader
-# actor for every execution, about 4 s of wall time on 2 cores per read of even a 4,000-row file (0.1 s with
+# actor for every execution, 2-4 s of wall time on 2 cores per read of even a 4,000-row file (0.07 s with
 # the V1 reader; bench/ray_data_read.py). Every validation, preprocessing pass and training epoch reads Parquet.
 # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S: the Train V2 controller advances its state machine once per poll (2 s by
 # default); 0.2 s takes about 5 s off every fit (a no-op 2-worker fit: 16 s -> 11 s on 2 cores).

@@ -26,7 +26,8 @@ def write_dataset_atomic(ds, path: Path) -> Path:
 
 def write_tables_atomic(tables: Iterable, path: Path) -> int:
     """Arrow tables/batches -> one Parquet file at ``path`` (the first non-empty one's schema; the rest are cast
-    to it), streaming, all or nothing; returns the rows written. No file when there are no rows."""
+    to it), streaming, all or nothing; returns the rows written. No rows: no file (one left by an earlier run
+    is removed, so ``path`` always describes this write)."""
     tmp = path.with_name(f".{path.name}.tmp")
     writer, rows = None, 0
     try:
@@ -42,6 +43,8 @@ def write_tables_atomic(tables: Iterable, path: Path) -> int:
             writer.close()
             writer = None
             tmp.replace(path)
+        else:
+            path.unlink(missing_ok=True)
     finally:
         if writer is not None:
             writer.close()

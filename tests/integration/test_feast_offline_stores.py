@@ -53,3 +53,13 @@ def test_point_in_time_join_takes_the_value_as_of_each_event(ray_session, tmp_pa
                                             suffixes=("", "_asof"))
     assert len(expected) == len(joined)
     assert (expected["activity"] == expected["activity_asof"]).all()  # never a later (future) snapshot
+
+
+def test_a_failed_chunk_leaves_no_retrieval_behind(ray_session, tmp_path):
+    tables = generate(num_events=3000, num_users=50, num_items=30, days=3, seed=8)
+    sources = write_sources(tables, tmp_path / "sources")
+    missing_repo = tmp_path / "no_feast_repo"  # every chunk's task fails to open the store
+    with pytest.raises(Exception, match="feature_store.yaml"):
+        retrieve_to_shards(missing_repo, sources["events"], SCHEMA, tmp_path / "retrieved",
+                           tmp_path / "quarantine.parquet", chunk_rows=1000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sources"]  # no shards, no temporary folder, no quarantine

@@ -1,0 +1,40 @@
+"""All-or-nothing Parquet writes (pipelines/storage.py)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mixrec.pipelines.storage import write_tables_atomic
+
+
+def test_batches_and_tables_land_in_one_file_cast_to_the_first_schema(tmp_path):
+    path = tmp_path / "q" / "rows.parquet"
+    parts = [pa.record_batch({"a": [1, 2]}), pa.table({"a": pa.array([], pa.int64())}),
+             pa.table({"a": pa.array([3], pa.int32())})]
+    assert write_tables_atomic(parts, path) == 3
+    table = pq.read_table(path)
+    assert table.column("a").to_pylist() == [1, 2, 3] and table.schema.field("a").type == pa.int64()
+    assert [p.name for p in path.parent.iterdir()] == ["rows.parquet"]  # no temporary file left
+
+
+def test_no_rows_leaves_no_file_and_removes_an_earlier_runs(tmp_path):
+    path = tmp_path / "rows.parquet"
+    write_tables_atomic([pa.table({"a": [1]})], path)
+    assert write_tables_atomic([pa.table({"a": pa.array([], pa.int64())})], path) == 0
+    assert not path.exists()
+
+
+def test_a_failed_write_keeps_the_previous_file_whole(tmp_path):
+    path = tmp_path / "rows.parquet"
+    write_tables_atomic([pa.table({"a": [1]})], path)
+
+    def parts():
+        yield pa.table({"a": [2]})
+        raise OSError("disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        write_tables_atomic(parts(), path)
+    assert pq.read_table(path).column("a").to_pylist() == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.parquet"]
