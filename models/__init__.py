@@ -4,7 +4,8 @@ Public interface::
 
     layout = FeatureLayout(cardinalities=(101, 53, 7), n_dense=4)
     model = build_model("rankmixer", layout, d_model=32)
-    logits = model(categorical, dense)          # [B]
+    batch = Batch.from_arrays({"categorical": ..., "dense": ..., "label": ...})
+    logits = model(batch.categorical, batch.dense)  # [B]
     loss = bce(logits, y) + model.auxiliary_loss()
     model.flops_per_example(); model.num_parameters(); model.config()
 
@@ -12,6 +13,7 @@ Imports only torch / numpy / the standard library.
 """
 
 from .base import FeatureLayout, RankingModel
+from .batch import Batch
 from .dcnv2 import DCNv2
 from .dnn import DNN
 from .rankmixer import RankMixer
@@ -32,6 +34,7 @@ for _cls in (DNN, DCNv2, RankMixer, RankMixerMoE, TokenMixerLarge, TokenMixerLar
     register_model(_cls)
 
 __all__ = [
+    "Batch",
     "DCNv2",
     "DNN",
     "RankMixerMoE",

@@ -6,7 +6,7 @@ import pytest
 
 from mixrec.pipelines.config import ConfigError, PipelineConfig, load_config, parse_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_defaults_fit_two_cores():
