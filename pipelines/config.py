@@ -15,7 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mixrec.features.dataset import format_validation_errors
+from mixrec.features.dataset import DatasetError, DatasetSpec, format_validation_errors, load_dataset_spec
+from mixrec.features.schema import SYNTHETIC_SCHEMA, DatasetSchema
 
 
 class ConfigError(ValueError):
@@ -226,3 +227,26 @@ def load_config(path: str | Path) -> PipelineConfig:
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     return parse_config(data, str(path))
+
+
+DEFAULT_DATA_ROOT = "../shared/data"
+
+
+def data_root(cfg: PipelineConfig) -> Path:
+    """Where a dataset schema's relative paths start: ``data.root``, else $MIXREC_DATA, else ../shared/data."""
+    return Path(cfg.data.root or os.environ.get("MIXREC_DATA") or DEFAULT_DATA_ROOT).expanduser()
+
+
+def dataset_spec(cfg: PipelineConfig) -> DatasetSpec | None:
+    """The dataset schema file of the config (None: the synthetic data); a bad file raises ConfigError."""
+    if not cfg.data.schema_file:
+        return None
+    try:
+        return load_dataset_spec(cfg.data.schema_file)
+    except DatasetError as err:
+        raise ConfigError(f"data.schema: {err}") from None
+
+
+def dataset_schema(cfg: PipelineConfig) -> DatasetSchema:
+    spec = dataset_spec(cfg)
+    return spec.to_schema() if spec else SYNTHETIC_SCHEMA

@@ -25,7 +25,7 @@ from mixrec.features import feast_repo
 from mixrec.features.dataset import SPLIT_COLUMN
 from mixrec.features.schema import DatasetSchema
 
-from .storage import write_tables_atomic
+from mixrec.features.io import write_tables_atomic
 
 FEAST_DROPPED = "feast_point_in_time_join(no feature row within ttl)"
 FAILED_COLUMN = "_failed_expectations"  # same column as the validation quarantine (pipelines.validate)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -17,18 +16,15 @@ import pyarrow.parquet as pq
 
 from mixrec.features import adapters, feast_repo
 from mixrec.features.adapters import SourceInfo, split_by_time, time_cuts
-from mixrec.features.dataset import SPLIT_COLUMN, DatasetError, DatasetSpec, load_dataset_spec
+from mixrec.features.dataset import SPLIT_COLUMN
 from mixrec.features.multihot import plain_list_columns
 from mixrec.features.schema import SYNTHETIC_SCHEMA, DatasetSchema
 from mixrec.features.synthetic import generate, write_sources
 
-from .config import ConfigError, PipelineConfig
+from .config import ConfigError, PipelineConfig, data_root, dataset_schema, dataset_spec
 from .ingest import retrieve_to_shards
-from .storage import write_dataset_atomic, write_json_atomic
+from mixrec.features.io import write_dataset_atomic, write_json_atomic
 from .workspace import Workspace
-
-DEFAULT_DATA_ROOT = "../shared/data"
-
 
 @dataclass
 class PipelineResult:
@@ -80,26 +76,6 @@ def check_model_config(cfg: PipelineConfig, schema: DatasetSchema = SYNTHETIC_SC
         build_model(cfg.model.name, layout, **cfg.model.kwargs)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"invalid model config (model.name={cfg.model.name!r}): {err}") from None
-
-
-def data_root(cfg: PipelineConfig) -> Path:
-    """Where a dataset schema's relative paths start: ``data.root``, else $MIXREC_DATA, else ../shared/data."""
-    return Path(cfg.data.root or os.environ.get("MIXREC_DATA") or DEFAULT_DATA_ROOT).expanduser()
-
-
-def dataset_spec(cfg: PipelineConfig) -> DatasetSpec | None:
-    """The dataset schema file of the config (None: the synthetic data); a bad file raises ConfigError."""
-    if not cfg.data.schema_file:
-        return None
-    try:
-        return load_dataset_spec(cfg.data.schema_file)
-    except DatasetError as err:
-        raise ConfigError(f"data.schema: {err}") from None
-
-
-def dataset_schema(cfg: PipelineConfig) -> DatasetSchema:
-    spec = dataset_spec(cfg)
-    return spec.to_schema() if spec else SYNTHETIC_SCHEMA
 
 
 @dataclass

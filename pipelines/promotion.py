@@ -86,7 +86,7 @@ def gated_promote(cfg: PipelineConfig, version: str, *, force: bool = False, req
                   progress: Callable[[str], None] = print) -> PromotionOutcome:
     """Evaluate ``version`` against the current champion and move ``champion`` to it when the gates pass (or
     ``force``). Raises :class:`PromotionRefused` when they fail. Tracking must be set up by the caller."""
-    from .pipeline import dataset_schema
+    from .config import dataset_schema
 
     schema = dataset_schema(cfg)
 

@@ -221,7 +221,7 @@ def validate_dataset(ds, suite_json: dict, quarantine_path: Path, max_failure_fr
     from ray.data import ActorPoolStrategy
     from ray.data.expressions import col
 
-    from .storage import write_dataset_atomic
+    from mixrec.features.io import write_dataset_atomic
 
     validated_dir = validated_dir or quarantine_path.parent / "validated"
     # One actor: the GX context is built once and reused for every batch (building it costs ~40 ms).
@@ -255,7 +255,7 @@ def validate_dataset(ds, suite_json: dict, quarantine_path: Path, max_failure_fr
 
 def _write_quarantine(bad, path: Path) -> int:
     """Stream the failed rows into one Parquet file (written beside ``path``, renamed when complete)."""
-    from .storage import write_tables_atomic
+    from mixrec.features.io import write_tables_atomic
 
     return write_tables_atomic(bad.iter_batches(batch_format="pyarrow", batch_size=None), path)
 

@@ -52,7 +52,7 @@ def bearer_token_digest(cfg: PipelineConfig) -> str | None:
 
 def serving_schema(cfg: PipelineConfig):
     """The config's dataset schema, which must name user and item keys: the ranker ranks items for a user."""
-    from mixrec.pipelines.pipeline import dataset_schema
+    from mixrec.pipelines.config import dataset_schema
 
     schema = dataset_schema(cfg)
     if not (schema.user_key and schema.item_key):

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mixrec.pipelines.storage import write_tables_atomic
+from mixrec.features.io import write_tables_atomic
 
 
 def test_batches_and_tables_land_in_one_file_cast_to_the_first_schema(tmp_path):
