@@ -18,7 +18,7 @@ from pathlib import Path
 from .config import PipelineConfig, load_config
 from .runtime import WORKER_ENV
 
-CODE_FOLDERS = ("models", "features", "pipelines", "serving", "tuning")
+CODE_FOLDERS = ("models", "features", "pipelines", "serving", "tuning", "cli")
 EXCLUDES = ["__pycache__", "*.pyc", ".pytest_cache"]
 CONFIG_NAME = "pipeline.yaml"
 
@@ -66,7 +66,7 @@ def submit(config_path: Path, address: str, env: dict[str, str] | None = None,
         while True:
             try:
                 return jobs_client.submit_job(
-                    entrypoint=f"python -m mixrec.pipelines.cli run {CONFIG_NAME}", runtime_env=runtime_env,
+                    entrypoint=f"python -m mixrec.cli run {CONFIG_NAME}", runtime_env=runtime_env,
                     entrypoint_num_cpus=entrypoint_num_cpus, metadata={"mixrec_config": Path(config_path).name})
             except RuntimeError as err:
                 # A cluster that just started answers "No available agent to submit job, please try again

@@ -7,8 +7,25 @@ for a given salt and weights; changing the salt reshuffles everyone.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import numpy as np
+
+
+def parse_weights(pairs: Iterable[str]) -> dict[str, float]:
+    """``["champion=0.9", "challenger=0.1"]`` -> ``{"champion": 0.9, "challenger": 0.1}``; a malformed pair
+    raises ValueError naming it."""
+    weights: dict[str, float] = {}
+    for pair in pairs:
+        alias, sep, value = pair.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not alias.strip():
+            raise ValueError(f"weights must be ALIAS=NUMBER, e.g. champion=0.9; got {pair!r}")
+        weights[alias.strip()] = weight
+    return weights
 
 
 def normalize_weights(weights: dict[str, float]) -> dict[str, float]:

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from mixrec.features.schema import SYNTHETIC_SCHEMA as schema
 from mixrec.pipelines import registry
-from mixrec.pipelines.cli import app
+from mixrec.cli import app
 from mixrec.pipelines.config import parse_config
 from mixrec.pipelines.pipeline import run_pipeline
 from mixrec.pipelines.promotion import PromotionRefused, gated_promote

@@ -348,7 +348,7 @@ def test_pipeline_config_is_mounted_where_the_entrypoints_read_it_and_workspace_
 def _typer_commands() -> dict:
     import typer.main
 
-    cli = importlib.import_module("mixrec.pipelines.cli")
+    cli = importlib.import_module("mixrec.cli")
     return typer.main.get_command(cli.app).commands
 
 
@@ -360,7 +360,7 @@ def test_rayjob_entrypoint_is_the_console_script_and_a_real_command():
         assert words[0] in scripts, f"{where}: {words[0]!r} is not a console script of pyproject"
         module, _, func = scripts[words[0]].partition(":")
         assert callable(getattr(importlib.import_module(module), func))
-        assert module == "mixrec.pipelines.cli", "the script must run the typer app the test inspects"
+        assert module == "mixrec.cli", "the script must run the typer app the test inspects"
         assert words[1] in commands, f"{where}: {words[1]!r} is not one of {sorted(commands)}"
         # the arguments parse as that command's arguments (nothing runs)
         ctx = commands[words[1]].make_context(" ".join(words[:2]), words[2:])

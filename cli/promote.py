@@ -1,0 +1,62 @@
+"""``mixrec promote``: the registry's offline gate, with ``--require-ab`` wired to serving's online A/B gate
+(the one verb that needs both pipelines and serving)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mixrec.pipelines.cli_args import ConfigOpt, WorkspaceOpt, fail, tracking_config
+from mixrec.serving.cli import (
+    CandidatesOpt,
+    ConcurrencyOpt,
+    RateOpt,
+    RequestsOpt,
+    SeedOpt,
+    echo_ab_result,
+    simulation_spec,
+)
+
+
+def promote(version: Annotated[str, typer.Argument(help="model version to make champion")],
+            config: ConfigOpt = None, workspace: WorkspaceOpt = None,
+            reason: Annotated[str, typer.Option(help="why (recorded as a tag)")] = "manual promotion",
+            force: Annotated[bool, typer.Option("--force", help="promote even when a gate fails (recorded)")] = False,
+            require_ab: Annotated[bool, typer.Option("--require-ab", help="also require a simulated online A/B "
+                                                     "test through the served endpoint to favour VERSION")] = False,
+            data: Annotated[Path | None, typer.Option(help="held-out Parquet (model columns + label); default: "
+                                                      "the workspace's test split")] = None,
+            requests: RequestsOpt = 2000, rate: RateOpt = 200.0, concurrency: ConcurrencyOpt = 16,
+            candidates: CandidatesOpt = 20, seed: SeedOpt = 0) -> None:
+    """Move `champion` to VERSION if it beats the champion on held-out data (paired bootstrap CIs of the AUC
+    and logloss deltas), and with --require-ab also in a simulated A/B test; --force overrides."""
+    from mixrec.pipelines.promotion import PromotionRefused, gated_promote
+    from mixrec.pipelines.registry import RegistryError
+    from mixrec.serving.abtest import ab_gate
+
+    cfg = tracking_config(config, workspace)
+    gate = ab_gate(simulation_spec(requests, rate, concurrency, candidates, seed, True)) if require_ab else None
+    try:
+        out = gated_promote(cfg, version, force=force, online_gate=gate, data=data, reason=reason,
+                            progress=typer.echo)
+    except PromotionRefused as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    except RegistryError as err:
+        fail(str(err))
+    c = out.comparison
+    typer.echo(f"  AUC {c.champion_auc:.4f} -> {c.challenger_auc:.4f}, delta {c.auc_delta.estimate:+.4f} "
+               f"[{c.auc_delta.low:+.4f}, {c.auc_delta.high:+.4f}]; logloss {c.champion_logloss:.4f} -> "
+               f"{c.challenger_logloss:.4f}, delta {c.logloss_delta.estimate:+.4f} "
+               f"[{c.logloss_delta.low:+.4f}, {c.logloss_delta.high:+.4f}] (MLflow run {out.eval_run_id})")
+    if out.online is not None:
+        echo_ab_result(out.online.detail)
+    if out.reasons:
+        typer.echo("  forced past: " + "; ".join(out.reasons))
+    typer.echo(f"{out.model_name} v{version} is now champion (was v{out.champion_before})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(promote)

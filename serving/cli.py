@@ -1,0 +1,180 @@
+"""The serving verbs: ``serve``, ``query``, ``ab set-weights``, ``abtest simulate``. Each parses, calls one
+function, prints; :func:`register` adds them to the root command (``mixrec.cli``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mixrec.pipelines.cli_args import ConfigOpt, WorkspaceOpt, cli_config, fail, tracking_config
+from mixrec.pipelines.config import ConfigError
+
+from .client import TOKEN_ENV, RequestFileError, parse_items, rank, read_requests, served_url
+from .splitter import normalize_weights, parse_weights
+from .state import join_recorded_auth_mode
+
+RequestsOpt = Annotated[int, typer.Option(help="simulated requests (one impression each)")]
+RateOpt = Annotated[float, typer.Option(help="requests per second (pacing)")]
+ConcurrencyOpt = Annotated[int, typer.Option(help="requests in flight at most")]
+CandidatesOpt = Annotated[int, typer.Option(help="candidate items per request")]
+SeedOpt = Annotated[int, typer.Option(help="seed of the simulated population and clicks")]
+SequentialOpt = Annotated[bool, typer.Option("--sequential/--no-sequential", help="mSPRT always-valid p-values")]
+
+
+def block_until_interrupted(url: str) -> None:
+    typer.echo(f"serving at {url} (Ctrl-C to stop)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+
+
+def serve(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
+          port: Annotated[int | None, typer.Option(help="HTTP port (loopback)")] = None) -> None:
+    """Serve the registered champion (and challenger) behind the A/B splitter until Ctrl-C."""
+    from mixrec.pipelines.registry import RegistryError
+
+    from .server import start_serving
+
+    cfg = cli_config(config, workspace, {"serve": {"port": port}} if port else None)
+    try:
+        url = start_serving(cfg)
+    except RegistryError as err:
+        fail(str(err))
+    block_until_interrupted(url)
+
+
+def query(user: Annotated[int | None, typer.Option(help="user id")] = None,
+          items: Annotated[str | None, typer.Option(help="comma-separated candidate item ids")] = None,
+          device: Annotated[int | None, typer.Option(help="request context: device")] = None,
+          hour: Annotated[int | None, typer.Option(help="request context: hour of day")] = None,
+          file: Annotated[Path | None, typer.Option("--file", "-f", help="a batch of requests: JSONL (one request "
+                          "object a line) or .csv (user_id, items, context columns); prints one JSON line each")] = None,
+          url: Annotated[str | None, typer.Option(help="endpoint base URL (default: the one `mixrec serve` started)")] = None,
+          token_env: Annotated[str, typer.Option(help="environment variable with the bearer token, sent when set")]
+          = TOKEN_ENV,
+          timeout: Annotated[float, typer.Option(help="seconds to wait for each response")] = 120.0,
+          workspace: WorkspaceOpt = None) -> None:
+    """Rank items through the served endpoint: one user (--user, --items; prints the JSON response) or a batch
+    (--file; prints {"line", "status", "response"} as one JSON line per request). Exit 1 if any request failed."""
+    import httpx
+
+    if (file is None) == (user is None or items is None):
+        fail("give either --user and --items, or --file")
+    try:
+        if file is None:
+            context = {k: v for k, v in (("device", device), ("hour", hour)) if v is not None}
+            requests = [{"user_id": user, "items": parse_items(items, "--items"), "context": context}]
+        else:
+            requests = read_requests(file)
+        base = url or served_url(workspace)
+    except RequestFileError as err:
+        fail(str(err))
+    failed = 0
+    try:
+        for n, (status, body) in enumerate(rank(base, requests, token_env, timeout), start=1):
+            failed += status >= 400
+            typer.echo(json.dumps(body, indent=2) if file is None
+                       else json.dumps({"line": n, "status": status, "response": body}))
+    except httpx.HTTPError as err:
+        fail(f"cannot reach {base}: {err}")
+    if failed:
+        raise typer.Exit(1)
+
+
+ab_app = typer.Typer(no_args_is_help=True, help="The served A/B test: change arms and weights live.")
+
+
+@ab_app.command("set-weights")
+def ab_set_weights(weights: Annotated[list[str], typer.Argument(help="ALIAS=WEIGHT ..., e.g. champion=0.9 challenger=0.1")],
+                   config: ConfigOpt = None, workspace: WorkspaceOpt = None) -> None:
+    """Change the served arms and weights live (no dropped requests): aliases are resolved again, the splitter
+    is reconfigured, rankers of unchanged versions keep running. An alias left out gets no traffic."""
+    try:
+        parsed = parse_weights(weights)
+    except ValueError as err:
+        fail(str(err))
+    cfg = cli_config(config, workspace)
+    join_recorded_auth_mode(cfg.workspace)
+    from mixrec.pipelines.registry import RegistryError
+
+    from .server import set_weights
+
+    try:
+        spec = set_weights(cfg, parsed)
+    except (RegistryError, ConfigError, ValueError) as err:
+        fail(str(err))
+    shares = ", ".join(f"{arm} (v{spec.arms[arm]}) {w:.0%}" for arm, w in normalize_weights(spec.weights).items())
+    typer.echo(f"serving {spec.model_name}: {shares}")
+
+
+def simulation_spec(requests: int, rate: float, concurrency: int, candidates: int, seed: int, sequential: bool,
+                    expected_weights: str | None = None):
+    """The A/B simulation the options describe; a bad value fails with exit 2."""
+    from .abtest import SimulationSpec
+
+    try:
+        expected = parse_weights(expected_weights.split(",")) if expected_weights else None
+        return SimulationSpec(requests=requests, rate=rate, concurrency=concurrency, candidates=candidates,
+                              seed=seed, sequential=sequential, expected_weights=expected)
+    except ValueError as err:
+        fail(str(err))
+
+
+def echo_ab_result(result) -> None:
+    """Per-arm CTRs with intervals, the lift test, mSPRT, SRM and where the report is."""
+    a = result.analysis
+    for s in a.arms:
+        typer.echo(f"  {s.arm:<12} v{a.versions.get(s.arm, '?'):<4} impressions {s.impressions:>6}  clicks {s.clicks:>5}  "
+                   f"CTR {s.ctr:.4f} [{s.ctr_low:.4f}, {s.ctr_high:.4f}]  true CTR {a.true_ctr.get(s.arm, float('nan')):.4f}")
+    if a.lift:
+        typer.echo(f"  lift {a.lift.absolute_lift:+.4f} ({a.lift.relative_lift:+.1%}), z {a.lift.z:.2f}, "
+                   f"p {a.lift.p_value:.2e}: " + (f"{a.lift.winner} wins" if a.lift.significant else "not significant"))
+    if a.sequential is not None and len(a.sequential.p_values):
+        typer.echo(f"  mSPRT always-valid p {a.sequential.p_values[-1]:.2e}"
+                   + (f", boundary crossed at {a.sequential.stopped_at} impressions" if a.sequential.stopped_at else ""))
+    typer.echo(f"  SRM chi2 {a.srm.chi2:.2f}, p {a.srm.p_value:.2e}: " + ("MISMATCH" if a.srm.mismatch else "ok"))
+    typer.echo(f"  report: {result.out_dir / 'report.md'}" + (f" (MLflow run {result.run_id})" if result.run_id else ""))
+
+
+abtest_app = typer.Typer(no_args_is_help=True, help="A/B simulation against the served splitter.")
+
+
+@abtest_app.command("simulate")
+def abtest_simulate(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
+                    url: Annotated[str | None, typer.Option(help="splitter base URL, e.g. http://127.0.0.1:8000/mixrec "
+                                                            "(default: start Serve from the config, stop after)")] = None,
+                    requests: RequestsOpt = 2000, rate: RateOpt = 200.0, concurrency: ConcurrencyOpt = 16,
+                    candidates: CandidatesOpt = 20, seed: SeedOpt = 0, sequential: SequentialOpt = True,
+                    expected_weights: Annotated[str | None, typer.Option(
+                        help="SRM reference, e.g. champion=0.5,challenger=0.5 (default: the served weights)")] = None
+                    ) -> None:
+    """Synthetic users (ground-truth clicks) against the served champion/challenger: CTRs, lift, z-test,
+    SRM, mSPRT; report + plots in the workspace and MLflow."""
+    import httpx
+
+    from mixrec.pipelines.registry import RegistryError
+
+    from .abtest import simulate, simulate_served
+
+    cfg = tracking_config(config, workspace)
+    spec = simulation_spec(requests, rate, concurrency, candidates, seed, sequential, expected_weights)
+    try:
+        result = simulate(cfg, url.rstrip("/"), spec, typer.echo) if url else simulate_served(cfg, spec, typer.echo)
+    except (RegistryError, RuntimeError) as err:
+        fail(str(err))
+    except httpx.HTTPError as err:
+        fail(f"cannot reach the splitter at {url}: {err}")
+    echo_ab_result(result)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(query)
+    app.add_typer(ab_app, name="ab")
+    app.add_typer(abtest_app, name="abtest")

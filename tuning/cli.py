@@ -1,0 +1,37 @@
+"""The tuning verb: ``tune``. :func:`register` adds it to the root command (``mixrec.cli``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mixrec.pipelines.cli_args import fail
+from mixrec.pipelines.config import ConfigError
+
+
+def tune(study: Annotated[Path, typer.Argument(help="study YAML (see configs/study_demo.yaml)")],
+         resume: Annotated[bool, typer.Option("--resume", help="continue a stopped study: run only missing points")] = False
+         ) -> None:
+    """Scaling study: architectures x sizes as Ray Train trials under Ray Tune; power-law fits, plots, ROI pick."""
+    from .study import load_study, run_study
+
+    try:
+        spec = load_study(study)
+    except ConfigError as err:
+        fail(str(err))
+    out = run_study(spec, resume=resume, progress=typer.echo)
+    for arch, fit in out["analysis"]["fits"].items():
+        for axis, f in fit.items():
+            typer.echo(f"{arch:<14} loss ~ C^-alpha vs {axis:<15} alpha={f['alpha']:.3f} "
+                       f"[{f['alpha_low']:.3f}, {f['alpha_high']:.3f}] ({f['points']} points) {f['note']}")
+    pick = out["analysis"]["roi_pick"]
+    if pick:
+        typer.echo(f"ROI pick (budget {out['analysis']['flops_budget']} FLOPs/example): {pick['id']} "
+                   f"logloss {pick['valid_logloss']:.4f}")
+    typer.echo(f"results, plots and fits: {out['out_dir']} (MLflow run {out['run_id']})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(tune)
