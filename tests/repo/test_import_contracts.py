@@ -22,7 +22,7 @@ CONTRACTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["import
 def _lint_imports(config: Path, cwd: Path) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("lint-imports")
     command = [str(script)] if script.exists() else [shutil.which("lint-imports") or "lint-imports"]
-    return subprocess.run([*command, "--config", str(config), "--no-cache"], cwd=cwd, capture_output=True,
+    return subprocess.run([*command, str(config), "--no-cache"], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -64,5 +64,6 @@ def test_an_import_against_the_layers_fails_the_check(tmp_path, module, line, co
     assert proc.returncode != 0, proc.stdout
     name = next(c["name"] for c in CONTRACTS if c["id"] == contract).replace("mixrec.", "brokenrec.")
     assert f"{name} BROKEN" in proc.stdout, proc.stdout
-    importer = "brokenrec." + module.removesuffix(".py").replace("/", ".")
-    assert importer in proc.stdout, proc.stdout
+    importer = module.removesuffix(".py").replace("/", ".")
+    # layers/forbidden name the importing module in full; a cycle is named by its edges within the package
+    assert f"brokenrec.{importer} ->" in proc.stdout or f".{importer.rsplit('.', 1)[1]} ->" in proc.stdout, proc.stdout
