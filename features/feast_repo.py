@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
+from .io import write_text_atomic
 from .schema import DatasetSchema
 
 os.environ.setdefault("FEAST_USAGE", "False")
@@ -37,11 +38,7 @@ def write_repo_config(repo_dir: Path, project: str, registry: str | dict[str, An
         "online_store": online_store,
         "entity_key_serialization_version": 3,
     }
-    path = repo_dir / "feature_store.yaml"
-    tmp = path.with_name(".feature_store.yaml.tmp")
-    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(yaml.safe_dump(config, sort_keys=False), repo_dir / "feature_store.yaml")
 
 
 def open_store(repo_dir: Path):
@@ -143,9 +140,7 @@ def materialize(store, start: datetime, end: datetime, sources: tuple[str, ...] 
 def write_materialized_marker(marker: Path, details: dict | None = None) -> None:
     """Tell serving replicas that the online store changed (they reload cached features when this file does).
     Whoever writes the online store outside ``materialize`` (a push, a backfill) calls this too."""
-    tmp = marker.with_name(f".{marker.name}.tmp")
-    tmp.write_text(json.dumps({"materialized_at": time.time(), **(details or {})}))
-    tmp.replace(marker)
+    write_text_atomic(json.dumps({"materialized_at": time.time(), **(details or {})}), marker)
 
 
 def online_features(store, schema: DatasetSchema, source: str, keys: list[int]) -> dict[str, list]:

@@ -1,19 +1,111 @@
-"""All-or-nothing writes: every output of a run appears complete or not at all (written beside, then renamed)."""
+"""All-or-nothing writes: every output of a run appears complete or not at all (written beside, then renamed).
+
+The one place that writes to a temporary name and renames: files (:func:`atomic_path`, text, JSON, a pandas
+frame), streamed Parquet files (:class:`AtomicParquetWriter`, :func:`write_tables_atomic`) and Ray Dataset
+folders (:func:`write_dataset_atomic`).
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
+
+
+def _beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary file name beside ``path`` to write to: renamed to ``path`` when the block ends without an
+    error, removed otherwise (``path`` then keeps its previous content)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _beside(path)
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(text: str, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def write_json_atomic(data: dict, path: Path) -> Path:
+    return write_text_atomic(json.dumps(data, indent=2, default=str), path)
+
+
+def write_frame_atomic(frame, path: Path) -> Path:
+    """pandas DataFrame -> one Parquet file (without the index), all or nothing; a frame without rows still
+    writes its schema."""
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+    return path
+
+
+class AtomicParquetWriter:
+    """One Parquet file streamed table by table (or record batch) beside ``path`` and renamed into place when
+    the ``with`` block ends without an error. The first non-empty table sets the schema, the rest are cast to
+    it (a failed cast raises the cast's ``ArrowInvalid`` / ``ValueError``). No rows: no file, and one left
+    by an earlier run is removed, so ``path`` always describes this write."""
+
+    def __init__(self, path: Path):
+        self.path, self.tmp = path, _beside(path)
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        if table.num_rows == 0:
+            return
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.tmp, table.schema)
+        elif table.schema != self._writer.schema:
+            table = table.cast(self._writer.schema)
+        self._writer.write(table)
+        self.rows += table.num_rows
+
+    def __enter__(self) -> AtomicParquetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            if exc_type is not None:
+                return False
+            if self._writer is not None:
+                self.tmp.replace(self.path)
+            else:
+                self.path.unlink(missing_ok=True)
+        finally:
+            self._writer = None
+            self.tmp.unlink(missing_ok=True)
+        return False
+
+
+def write_tables_atomic(tables: Iterable, path: Path) -> int:
+    """Arrow tables/batches -> one Parquet file at ``path`` (see :class:`AtomicParquetWriter`); returns the
+    rows written."""
+    with AtomicParquetWriter(path) as sink:
+        for table in tables:
+            sink.write(table)
+    return sink.rows
 
 
 def write_dataset_atomic(ds, path: Path) -> Path:
     """Ray Dataset -> a Parquet folder at ``path``, streaming (blocks go to disk as they are produced, never
     all into the object store), all or nothing: written beside it, then renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _beside(path)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         ds.write_parquet(str(tmp))
@@ -21,40 +113,4 @@ def write_dataset_atomic(ds, path: Path) -> Path:
         tmp.replace(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-def write_tables_atomic(tables: Iterable, path: Path) -> int:
-    """Arrow tables/batches -> one Parquet file at ``path`` (the first non-empty one's schema; the rest are cast
-    to it), streaming, all or nothing; returns the rows written. No rows: no file (one left by an earlier run
-    is removed, so ``path`` always describes this write)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer, rows = None, 0
-    try:
-        for table in tables:
-            if table.num_rows == 0:
-                continue
-            if writer is None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write(table.cast(writer.schema))
-            rows += table.num_rows
-        if writer is not None:
-            writer.close()
-            writer = None
-            tmp.replace(path)
-        else:
-            path.unlink(missing_ok=True)
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
-    return rows
-
-
-def write_json_atomic(data: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
     return path

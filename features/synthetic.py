@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+from .io import write_frame_atomic
 
 NUM_DEVICES = 4
 NUM_HOURS = 24
@@ -143,16 +143,7 @@ def generate(num_events: int, num_users: int, num_items: int, days: int, seed: i
     return SyntheticTables(events=events, users=users, items=items)
 
 
-def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
-    """Write to a temporary name and rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
-    tmp.replace(path)
-    return path
-
-
 def write_sources(tables: SyntheticTables, directory: Path) -> dict[str, Path]:
     """Write the three Parquet sources (events, users, items) with event timestamps."""
-    return {name: write_parquet_atomic(getattr(tables, name), directory / f"{name}.parquet")
+    return {name: write_frame_atomic(getattr(tables, name), directory / f"{name}.parquet")
             for name in ("events", "users", "items")}

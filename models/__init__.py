@@ -12,13 +12,17 @@ Public interface::
 Imports only torch / numpy / the standard library.
 """
 
+from . import sizes  # noqa: F401  (registers the named sizes with the zoo)
 from .base import FeatureLayout, RankingModel
 from .batch import Batch
 from .dcnv2 import DCNv2
 from .dnn import DNN
 from .rankmixer import RankMixer
 from .rankmixer_moe import RankMixerMoE
-from .registry import (
+from .tokenmixer_large import TokenMixerLarge, TokenMixerLargeMoE
+from .unimixer import UniMixer, UniMixingLite
+from .wukong import Wukong
+from .zoo import (
     ModelSummary,
     available_models,
     available_sizes,
@@ -26,9 +30,6 @@ from .registry import (
     model_summary_table,
     register_model,
 )
-from .tokenmixer_large import TokenMixerLarge, TokenMixerLargeMoE
-from .unimixer import UniMixer, UniMixingLite
-from .wukong import Wukong
 
 for _cls in (DNN, DCNv2, RankMixer, RankMixerMoE, TokenMixerLarge, TokenMixerLargeMoE, UniMixer, UniMixingLite, Wukong):
     register_model(_cls)

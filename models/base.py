@@ -9,8 +9,9 @@ Extra training losses (MoE sparsity regularisers, auxiliary towers) are exposed 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -99,11 +100,31 @@ def as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
     return out
 
 
+_Init = TypeVar("_Init", bound=Callable[..., None])
+
+
+def inherits_keywords(parent: type) -> Callable[[_Init], _Init]:
+    """Decorate a subclass constructor ``__init__(self, layout, *, <keywords>, **kwargs)`` that passes ``kwargs``
+    on to ``parent.__init__``: its signature becomes the parent's keywords (with the defaults the subclass
+    restates) followed by its new ones. :func:`build_model` checks keywords and ``config()`` records them from
+    that signature, so a subclass states only the keywords it adds or whose default it changes."""
+
+    def decorate(init: _Init) -> _Init:
+        inherited = inspect.signature(parent.__init__)
+        own = {n: p for n, p in inspect.signature(init).parameters.items() if p.kind is p.KEYWORD_ONLY}
+        params = [own.pop(n, p) for n, p in inherited.parameters.items()] + list(own.values())
+        init.__signature__ = inherited.replace(parameters=params)  # type: ignore[attr-defined]
+        return init
+
+    return decorate
+
+
 class RankingModel(nn.Module):
     """Base class of every ranking model.
 
     Subclasses implement ``_forward(categorical, dense) -> logits [B]`` and ``_flops() -> int``,
-    and call ``self._store_config(locals())`` first thing in ``__init__`` (after ``super().__init__``).
+    and call ``self._store_config(locals())`` first thing in ``__init__`` (after ``super().__init__``); a
+    subclass of a model that adds keywords (:func:`inherits_keywords`) calls it again for its own.
 
     Training-only state that must survive checkpoints (temperature step, adaptive MoE lambda) lives in
     registered buffers of the subclass and only advances in ``self.training`` forwards.
@@ -129,10 +150,11 @@ class RankingModel(nn.Module):
 
     # ----------------------------------------------------------------- config
     def _store_config(self, local_vars: dict[str, Any]) -> None:
+        """Record the constructor keywords of ``type(self)`` found in ``local_vars`` (added to those recorded)."""
         sig = inspect.signature(type(self).__init__)
-        self._hparams = {
-            k: local_vars[k] for k in sig.parameters if k not in ("self", "layout") and k in local_vars
-        }
+        self._hparams.update(
+            {k: local_vars[k] for k in sig.parameters if k not in ("self", "layout") and k in local_vars}
+        )
 
     def config(self) -> dict[str, Any]:
         """``{"name": registry name, "kwargs": constructor kwargs}``; with the layout it rebuilds the model."""

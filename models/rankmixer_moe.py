@@ -30,10 +30,12 @@ FLOPs per example = eval forward with dense expert compute (all E experts; activ
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from .base import FeatureLayout, check
+from .base import FeatureLayout, check, inherits_keywords
 from .mixing import token_mix
 from .moe import DTSIPerTokenMoE
 from .rankmixer import RankMixer
@@ -67,25 +69,18 @@ class RankMixerMoE(RankMixer):
 
     name = "rankmixer_moe"
 
+    @inherits_keywords(RankMixer)
     def __init__(
         self,
         layout: FeatureLayout,
         *,
-        embedding_dim: int = 8,
-        num_tokens: int = 4,
-        d_model: int = 32,
-        num_layers: int = 2,
-        ffn_ratio: float = 2,
-        tower_dims: tuple[int, ...] = (64,),
-        dropout: float = 0.0,
-        embedding_norm: bool = True,
-        shared_projection: bool = False,
         num_experts: int = 4,
         expert_hidden: int | None = None,
         target_active_ratio: float = 0.5,
         l1_lambda_init: float = 0.0,
         lambda_lr: float = 3e-3,
         distill_weight: float = 1.0,
+        **kwargs: Any,
     ) -> None:
         check(num_experts >= 1, f"num_experts must be >= 1, got {num_experts}")
         check(
@@ -97,18 +92,7 @@ class RankMixerMoE(RankMixer):
         check(lambda_lr >= 0, f"lambda_lr must be >= 0, got {lambda_lr}")
         self._num_experts = num_experts
         self._expert_hidden = expert_hidden
-        super().__init__(
-            layout,
-            embedding_dim=embedding_dim,
-            num_tokens=num_tokens,
-            d_model=d_model,
-            num_layers=num_layers,
-            ffn_ratio=ffn_ratio,
-            tower_dims=tower_dims,
-            dropout=dropout,
-            embedding_norm=embedding_norm,
-            shared_projection=shared_projection,
-        )
+        super().__init__(layout, **kwargs)
         self._store_config(locals())
         self.target_active_ratio = float(target_active_ratio)
         self.lambda_lr = float(lambda_lr)
@@ -116,7 +100,7 @@ class RankMixerMoE(RankMixer):
         self.register_buffer("l1_lambda", torch.tensor(float(l1_lambda_init)))
         self.register_buffer("moe_step", torch.tensor(0, dtype=torch.long))
         self.register_buffer("active_ratio", torch.tensor(1.0))
-        self.register_buffer("layer_active_ratio", torch.ones(num_layers))
+        self.register_buffer("layer_active_ratio", torch.ones(len(self.blocks)))
 
     def _make_block(self) -> nn.Module:
         hidden = self._expert_hidden or self.ffn_hidden

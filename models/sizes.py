@@ -1,16 +1,17 @@
 """Named sizes (torchtune-style builders), kept apart from the architecture code.
 
-Each builder takes a :class:`FeatureLayout` (+ optional keyword overrides) and returns a model whose
-``config()`` names the underlying architecture, so checkpoints rebuild without the size name.
+Each size is registered with the zoo (``build_model("unimixer_small", layout)``) and has a builder here that
+takes a :class:`FeatureLayout` (+ optional keyword overrides) and returns a model whose ``config()`` names the
+underlying architecture, so checkpoints rebuild without the size name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from .base import FeatureLayout, RankingModel
+from .zoo import build_model, register_size, size_kwargs
 
 _SIZE_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     # RankMixer
@@ -49,62 +50,40 @@ _SIZE_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _build(arch: str, defaults: dict[str, Any], layout: FeatureLayout, **overrides: Any) -> RankingModel:
-    from .registry import build_model
-
-    return build_model(arch, layout, **{**defaults, **overrides})
-
-
-def register_size(name: str, arch: str, **defaults: Any) -> None:
-    _SIZE_TABLE[name] = (arch, defaults)
-    SIZES[name] = partial(_build, arch, defaults)
-
-
-SIZES: dict[str, Callable[..., RankingModel]] = {n: partial(_build, a, d) for n, (a, d) in _SIZE_TABLE.items()}
-
-
-def size_kwargs(name: str) -> tuple[str, dict[str, Any]]:
-    """(architecture, default kwargs) of a named size."""
-    arch, kw = _SIZE_TABLE[name]
-    return arch, dict(kw)
+for _name, (_arch, _defaults) in _SIZE_TABLE.items():
+    register_size(_name, _arch, **_defaults)
 
 
 def _named(size: str) -> Callable[..., RankingModel]:
-    def builder(layout: FeatureLayout, **kw: Any) -> RankingModel:
-        return SIZES[size](layout, **kw)
+    """A torchtune-style builder for a named size: ``unimixer_small(layout, **overrides)``."""
 
+    def builder(layout: FeatureLayout, **kw: Any) -> RankingModel:
+        return build_model(size, layout, **kw)
+
+    arch, defaults = size_kwargs(size)
     builder.__name__ = builder.__qualname__ = size
-    builder.__doc__ = f"Named size {size!r}: {_SIZE_TABLE[size][0]} with {_SIZE_TABLE[size][1]}."
+    builder.__doc__ = f"Named size {size!r}: {arch} with {defaults}."
     return builder
 
 
-unimixer_small = _named("unimixer_small")
-unimixer_base = _named("unimixer_base")
-unimixer_large = _named("unimixer_large")
-unimixer_lite_small = _named("unimixer_lite_small")
-unimixer_lite_base = _named("unimixer_lite_base")
-unimixer_lite_large = _named("unimixer_lite_large")
-unimixer_production = _named("unimixer_production")
-unimixer_lite_production = _named("unimixer_lite_production")
+rankmixer_small = _named("rankmixer_small")
+rankmixer_base = _named("rankmixer_base")
+rankmixer_large = _named("rankmixer_large")
+rankmixer_moe_small = _named("rankmixer_moe_small")
+rankmixer_moe_base = _named("rankmixer_moe_base")
+rankmixer_moe_large = _named("rankmixer_moe_large")
 tokenmixer_large_small = _named("tokenmixer_large_small")
 tokenmixer_large_base = _named("tokenmixer_large_base")
 tokenmixer_large_large = _named("tokenmixer_large_large")
 tokenmixer_large_moe_base = _named("tokenmixer_large_moe_base")
-rankmixer_moe_small = _named("rankmixer_moe_small")
-rankmixer_moe_base = _named("rankmixer_moe_base")
-rankmixer_moe_large = _named("rankmixer_moe_large")
+unimixer_small = _named("unimixer_small")
+unimixer_base = _named("unimixer_base")
+unimixer_large = _named("unimixer_large")
+unimixer_production = _named("unimixer_production")
+unimixer_lite_small = _named("unimixer_lite_small")
+unimixer_lite_base = _named("unimixer_lite_base")
+unimixer_lite_large = _named("unimixer_lite_large")
+unimixer_lite_production = _named("unimixer_lite_production")
 wukong_small = _named("wukong_small")
 wukong_base = _named("wukong_base")
 wukong_large = _named("wukong_large")
-
-
-def rankmixer_small(layout: FeatureLayout, **kw: Any) -> RankingModel:
-    return SIZES["rankmixer_small"](layout, **kw)
-
-
-def rankmixer_base(layout: FeatureLayout, **kw: Any) -> RankingModel:
-    return SIZES["rankmixer_base"](layout, **kw)
-
-
-def rankmixer_large(layout: FeatureLayout, **kw: Any) -> RankingModel:
-    return SIZES["rankmixer_large"](layout, **kw)

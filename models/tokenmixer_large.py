@@ -29,10 +29,12 @@ run in training).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from .base import FeatureLayout, RankingModel, as_int_tuple, check
+from .base import FeatureLayout, RankingModel, as_int_tuple, check, inherits_keywords
 from .layers import MLP, FeatureEmbedding, PerTokenLinear, PerTokenSwiGLU, Tower
 from .mixing import token_mix, token_revert
 from .moe import SPMoESwiGLU
@@ -232,30 +234,7 @@ class TokenMixerLargeMoE(TokenMixerLarge):
 
     name = "tokenmixer_large_moe"
 
-    def __init__(
-        self,
-        layout: FeatureLayout,
-        *,
-        embedding_dim: int = 8,
-        num_tokens: int = 4,
-        d_model: int = 32,
-        num_heads: int = 4,
-        num_layers: int = 2,
-        ffn_ratio: float = 2,
-        inter_residual_every: int = 2,
-        aux_loss_weight: float = 0.1,
-        down_init_scale: float = 0.01,
-        global_token: bool = True,
-        pooling: str = "mean",
-        tower_dims: tuple[int, ...] = (64,),
-        dropout: float = 0.0,
-        embedding_norm: bool = True,
-        num_experts: int = 4,
-        top_k: int = 2,
-        moe_alpha: float = 2.0,
-    ) -> None:
-        kw = dict(locals())
-        for k in ("self", "layout", "__class__"):
-            kw.pop(k, None)
-        super().__init__(layout, **kw)
-        self._store_config(locals())
+    @inherits_keywords(TokenMixerLarge)
+    def __init__(self, layout: FeatureLayout, *, num_experts: int = 4, top_k: int = 2, moe_alpha: float = 2.0,
+                 **kwargs: Any) -> None:
+        super().__init__(layout, num_experts=num_experts, top_k=top_k, moe_alpha=moe_alpha, **kwargs)

@@ -15,10 +15,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from mixrec.features import adapters, feast_repo
-from mixrec.features.adapters import SourceInfo, split_by_time, time_cuts
+from mixrec.features.adapters import SourceInfo
 from mixrec.features.dataset import SPLIT_COLUMN
 from mixrec.features.multihot import plain_list_columns
 from mixrec.features.schema import SYNTHETIC_SCHEMA, DatasetSchema
+from mixrec.features.splits import split_by_time, time_cuts
 from mixrec.features.synthetic import generate, write_sources
 
 from .config import ConfigError, PipelineConfig, data_root, dataset_schema, dataset_spec

@@ -9,8 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mixrec.features.adapters import split_at_random, write_sources
+from mixrec.features.adapters import write_sources
 from mixrec.features.dataset import ROW_ID, SPLIT_COLUMN, DatasetError, load_dataset_spec, parse_dataset_spec
+from mixrec.features.splits import split_at_random
 from mixrec.pipelines.preprocess import DenseStats, Preprocessor, hash_to_buckets
 
 CSV_SPEC = {
@@ -144,8 +145,7 @@ def test_preprocessor_string_vocab_and_hashing_are_deterministic():
 
 
 def test_pipeline_config_names_a_bad_dataset_schema(tmp_path):
-    from mixrec.pipelines.config import ConfigError, parse_config
-    from mixrec.pipelines.config import dataset_schema
+    from mixrec.pipelines.config import ConfigError, dataset_schema, parse_config
 
     with pytest.raises(ConfigError, match="data.schema: dataset schema file not found: .*nope.yaml"):
         dataset_schema(parse_config({"data": {"schema": str(tmp_path / "nope.yaml")}}))

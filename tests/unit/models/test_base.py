@@ -140,3 +140,32 @@ def test_summary_table():
     assert [r.name for r in rows] == available_models()
     for r in rows:
         assert r.parameters > 0 and r.mflops_per_example > 0
+
+
+# --------------------------------------------------------------------------- zoo and sizes
+MOE_OWN = ["num_experts", "expert_hidden", "target_active_ratio", "l1_lambda_init", "lambda_lr", "distill_weight"]
+
+
+def test_moe_variants_take_their_parents_keywords():
+    moe, dense = (build_model(n, LAYOUT, embedding_dim=4).config()["kwargs"]
+                  for n in ("tokenmixer_large_moe", "tokenmixer_large"))
+    assert list(moe) == list(dense)  # the same keywords in the same order, three other defaults
+    assert {k: v for k, v in moe.items() if moe[k] != dense[k]} == {"num_experts": 4, "top_k": 2, "moe_alpha": 2.0}
+    rankmixer_moe = build_model("rankmixer_moe", LAYOUT, num_layers=3, num_experts=2)
+    assert list(rankmixer_moe.config()["kwargs"]) == [*build_model("rankmixer", LAYOUT).config()["kwargs"], *MOE_OWN]
+    assert rankmixer_moe.config()["kwargs"]["num_layers"] == 3 and rankmixer_moe.layer_active_ratio.shape == (3,)
+    with pytest.raises(ValueError, match=r"unknown keyword\(s\) \['bogus'\] for model 'rankmixer_moe'; "
+                                         r"allowed: \['embedding_dim', .*'distill_weight'\]"):
+        build_model("rankmixer_moe", LAYOUT, bogus=1)
+
+
+def test_named_sizes_build_their_architecture_with_overrides():
+    from mixrec.models import available_sizes, sizes
+
+    assert "unimixer_small" in available_sizes() and "unimixer_small" not in available_models()
+    via_builder, via_name = sizes.unimixer_small(LAYOUT, dropout=0.1), build_model("unimixer_small", LAYOUT, dropout=0.1)
+    assert via_builder.config() == via_name.config()
+    assert via_name.config()["name"] == "unimixer" and via_name.config()["kwargs"]["dropout"] == 0.1
+    assert sizes.rankmixer_small.__doc__.startswith("Named size 'rankmixer_small': rankmixer with")
+    with pytest.raises(ValueError, match=r"or a named size: .*unimixer_small"):
+        build_model("unimixer_tiny", LAYOUT)

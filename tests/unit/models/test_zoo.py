@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from mixrec.models import FeatureLayout, available_models, build_model
+from mixrec.models import FeatureLayout, available_models, available_sizes, build_model
 from mixrec.models.mixing import (
     global_local_mix,
     log_sinkhorn,
@@ -16,10 +16,10 @@ from mixrec.models.mixing import (
     token_revert,
 )
 from mixrec.models.rankmixer import RankMixerBlock
-from mixrec.models.sizes import SIZES, size_kwargs
 from mixrec.models.tokenmixer_large import TokenMixerLargeBlock
 from mixrec.models.unimixer import UniMixing
 from mixrec.models.wukong import WukongLayer, optimized_fm
+from mixrec.models.zoo import size_kwargs
 
 torch.set_num_threads(1)
 
@@ -280,7 +280,7 @@ def test_config_errors(name, kwargs, match):
 # --------------------------------------------------------------------------- named sizes
 def test_named_sizes_build_and_rebuild():
     layout = FeatureLayout(cardinalities=(50,) * 10, n_dense=2)
-    for size in SIZES:
+    for size in available_sizes():
         if size.endswith("_large"):
             continue  # large sizes are too big for a unit test
         arch, kw = size_kwargs(size)

@@ -23,7 +23,7 @@ def test_sample_configs_load(path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("study_*.yaml")), ids=lambda p: p.name)
 def test_sample_studies_load(path):
-    from mixrec.tuning.study import load_study, points
+    from mixrec.tuning.config import load_study, points
 
     assert len(points(load_study(path))) >= 4
 

@@ -1,4 +1,9 @@
-"""Model registry: build any zoo model (or named size) by name from a :class:`FeatureLayout`."""
+"""The zoo's registry: build any architecture, or named size, by name from a :class:`FeatureLayout`.
+
+Architectures register their class (models/__init__.py registers them all) and sizes.py registers the named
+sizes (an architecture with default keywords). This module imports no model and not sizes.py: they import
+it, one way.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +12,42 @@ from typing import Any, NamedTuple
 
 from .base import FeatureLayout, RankingModel
 
-_REGISTRY: dict[str, type[RankingModel]] = {}
+_ARCHITECTURES: dict[str, type[RankingModel]] = {}
+_SIZES: dict[str, tuple[str, dict[str, Any]]] = {}  # size name -> (architecture, default keywords)
 
 
 def register_model(cls: type[RankingModel]) -> type[RankingModel]:
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no registry name")
-    _REGISTRY[cls.name] = cls
+    _ARCHITECTURES[cls.name] = cls
     return cls
+
+
+def register_size(name: str, arch: str, **defaults: Any) -> None:
+    """Name ``arch`` with ``defaults`` (overridable at build time); its models' ``config()`` names ``arch``,
+    so checkpoints rebuild without the size name."""
+    _SIZES[name] = (arch, defaults)
 
 
 def available_models() -> list[str]:
     """Names accepted by :func:`build_model` as architectures (sizes: :func:`available_sizes`)."""
-    return sorted(_REGISTRY)
+    return sorted(_ARCHITECTURES)
 
 
 def available_sizes() -> list[str]:
-    from .sizes import SIZES
-
-    return sorted(SIZES)
+    return sorted(_SIZES)
 
 
 def model_class(name: str) -> type[RankingModel]:
-    if name not in _REGISTRY:
+    if name not in _ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; allowed names: {', '.join(available_models())}")
-    return _REGISTRY[name]
+    return _ARCHITECTURES[name]
+
+
+def size_kwargs(name: str) -> tuple[str, dict[str, Any]]:
+    """(architecture, default kwargs) of a named size."""
+    arch, defaults = _SIZES[name]
+    return arch, dict(defaults)
 
 
 def build_model(name: str, layout: FeatureLayout, **kwargs: Any) -> RankingModel:
@@ -40,16 +56,15 @@ def build_model(name: str, layout: FeatureLayout, **kwargs: Any) -> RankingModel
     ``kwargs`` are the architecture's constructor keyword arguments (for a size: overrides).
     Unknown names or keywords raise ``ValueError`` naming the allowed values.
     """
-    from .sizes import SIZES
-
-    if name in SIZES:
-        return SIZES[name](layout, **kwargs)
-    if name not in _REGISTRY:
+    if name in _SIZES:
+        arch, defaults = _SIZES[name]
+        return build_model(arch, layout, **{**defaults, **kwargs})
+    if name not in _ARCHITECTURES:
         allowed = ", ".join(available_models())
         raise ValueError(
-            f"unknown model {name!r}; allowed names: {allowed} (or a named size: {', '.join(sorted(SIZES))})"
+            f"unknown model {name!r}; allowed names: {allowed} (or a named size: {', '.join(available_sizes())})"
         )
-    cls = _REGISTRY[name]
+    cls = _ARCHITECTURES[name]
     params = inspect.signature(cls.__init__).parameters
     allowed_kw = [k for k in params if k not in ("self", "layout")]
     unknown = sorted(set(kwargs) - set(allowed_kw))

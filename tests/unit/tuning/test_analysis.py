@@ -1,0 +1,50 @@
+"""Study analysis (no Ray): the power-law fit recovers a planted exponent; the ROI pick honours the budget."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mixrec.tuning.analysis import analyse, fit_power_law, plot
+
+
+def test_fit_recovers_a_planted_exponent_with_an_interval():
+    x = np.geomspace(1e3, 1e6, 6)
+    loss = 0.8 * (x / x[0]) ** -0.35 + 0.4
+    fit = fit_power_law(x, loss)
+    assert fit["points"] == 6 and fit["note"] == ""
+    assert fit["alpha"] == pytest.approx(0.35, abs=1e-3) and fit["c"] == pytest.approx(0.4, abs=1e-3)
+    assert fit["alpha_low"] <= fit["alpha"] <= fit["alpha_high"]
+
+
+@pytest.mark.filterwarnings("ignore:Covariance of the parameters could not be estimated")
+def test_too_few_points_give_no_fit_or_no_interval():
+    two = fit_power_law(np.array([1.0, 2.0]), np.array([0.5, 0.4]))
+    assert two["points"] == 2 and math.isnan(two["alpha"]) and "fewer than 3" in two["note"]
+    x = np.array([1e3, 1e4, 1e5])
+    three = fit_power_law(x, 0.5 * (x / 1e3) ** -0.3 + 0.3)
+    assert np.isfinite(three["alpha"]) and math.isnan(three["alpha_low"]) and "no interval" in three["note"]
+
+
+def _results() -> pd.DataFrame:
+    rows = []
+    for i, (params, loss) in enumerate([(1e3, 0.60), (1e4, 0.50), (1e5, 0.45), (1e6, 0.44)]):
+        rows.append({"id": f"dnn{i}", "arch": "dnn", "kwargs": {"w": i}, "status": "finished", "parameters": params,
+                     "training_flops": params * 100, "flops_per_example": params * 2, "valid_logloss": loss})
+    rows.append({**rows[-1], "id": "failed", "status": "failed", "valid_logloss": math.nan})
+    return pd.DataFrame(rows)
+
+
+def test_analyse_fits_each_axis_and_picks_the_best_within_the_budget(tmp_path):
+    analysis = analyse(_results(), flops_budget=5e4)
+    assert set(analysis["fits"]["dnn"]) == {"parameters", "training_flops"}
+    assert analysis["fits"]["dnn"]["parameters"]["points"] == 4  # the failed point is left out
+    assert analysis["roi_pick"]["id"] == "dnn1" and analysis["roi_pick"]["kwargs"] == {"w": 1}
+    assert analyse(_results(), flops_budget=None)["roi_pick"]["id"] == "dnn3"
+    assert analyse(_results(), flops_budget=1.0)["roi_pick"] is None
+    paths = plot(_results(), analysis, tmp_path)
+    assert [p.name for p in paths] == ["scaling_parameters.png", "scaling_training_flops.png"]
+    assert all(p.stat().st_size > 0 for p in paths)

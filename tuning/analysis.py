@@ -1,0 +1,85 @@
+"""A finished study's analysis: power-law fits of validation loss per architecture, the ROI pick, plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+AXES = (("parameters", "parameters"), ("training_flops", "training FLOPs"))  # (results column, plot label)
+
+
+def _no_fit(n: int, note: str) -> dict:
+    return {"points": n, "alpha": math.nan, "alpha_low": math.nan, "alpha_high": math.nan,
+            "a": math.nan, "c": math.nan, "note": note}
+
+
+def fit_power_law(x: np.ndarray, loss: np.ndarray) -> dict:
+    """loss = a * (x / x0)^(-alpha) + c, least squares; 95 % interval on alpha from the covariance."""
+    from scipy.optimize import curve_fit
+
+    if len(x) < 3:
+        return _no_fit(int(len(x)), "fewer than 3 finished points: no fit")
+    x0 = float(x.min())
+    f = lambda xx, a, alpha, c: a * (xx / x0) ** (-alpha) + c  # noqa: E731
+    span = float(loss.max() - loss.min()) or 1e-3
+    try:
+        (a, alpha, c), cov = curve_fit(f, x, loss, p0=(span, 0.3, float(loss.min()) * 0.9),
+                                       bounds=([0, 0, 0], [np.inf, 5.0, float(loss.min())]), maxfev=20000)
+    except (RuntimeError, ValueError) as err:
+        return _no_fit(int(len(x)), f"fit failed: {err}")
+    se = math.sqrt(cov[1, 1]) if np.isfinite(cov[1, 1]) and len(x) > 3 else math.nan
+    return {"points": int(len(x)), "alpha": float(alpha), "alpha_low": float(alpha - 1.96 * se),
+            "alpha_high": float(alpha + 1.96 * se), "a": float(a), "c": float(c), "x0": x0,
+            "note": "" if len(x) > 3 else "3 points for 3 parameters: no interval"}
+
+
+def analyse(results: pd.DataFrame, flops_budget: float | None) -> dict:
+    """Power-law fits per architecture against parameters and training FLOPs; the ROI pick (the lowest
+    validation logloss within ``flops_budget`` forward FLOPs per example)."""
+    done = results[results["status"] == "finished"]
+    fits = {}
+    for arch, g in done.groupby("arch"):
+        fits[arch] = {axis: fit_power_law(g[axis].to_numpy(float), g["valid_logloss"].to_numpy(float))
+                      for axis, _ in AXES}
+    eligible = done if flops_budget is None else done[done["flops_per_example"] <= flops_budget]
+    pick = None
+    if len(eligible):
+        best = eligible.sort_values(["valid_logloss", "flops_per_example"]).iloc[0]
+        pick = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items() if k != "kwargs"}
+        pick["kwargs"] = best["kwargs"]
+    return {"fits": fits, "roi_pick": pick, "flops_budget": flops_budget}
+
+
+def plot(results: pd.DataFrame, analysis: dict, out_dir: Path) -> list[Path]:
+    """One log-log plot per axis (``scaling_<axis>.png``): the finished points and each fitted curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = results[results["status"] == "finished"]
+    paths = []
+    for axis, label in AXES:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for arch, g in done.groupby("arch"):
+            g = g.sort_values(axis)
+            line = ax.plot(g[axis], g["valid_logloss"], "o", label=arch)[0]
+            fit = analysis["fits"].get(arch, {}).get(axis, {})
+            if np.isfinite(fit.get("alpha", math.nan)):
+                xs = np.geomspace(g[axis].min(), g[axis].max(), 50)
+                ys = fit["a"] * (xs / fit["x0"]) ** (-fit["alpha"]) + fit["c"]
+                ax.plot(xs, ys, "-", color=line.get_color(), label=f"{arch} fit: alpha={fit['alpha']:.2f}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation logloss")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"scaling_{axis}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
