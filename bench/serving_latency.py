@@ -119,8 +119,8 @@ def plain_app(workspace: str, model_name: str, version: str):
     from mixrec.features.schema import SYNTHETIC_SCHEMA as schema
     from mixrec.pipelines.registry import load_ranker, setup_tracking
     from mixrec.pipelines.workspace import Workspace
-    from mixrec.serving.app import RankRequest
     from mixrec.serving.features import load_item_table, online_matrix, request_frame
+    from mixrec.serving.schemas import RankRequest
 
     ws = Workspace.resolve(workspace)
     setup_tracking(None, "mixrec", ws)

@@ -131,6 +131,8 @@ class RegistryConfig(_Section):
 
 
 class ServeConfig(_Section):
+    app_name: str = Field("mixrec", min_length=1, description="the Serve application's name: applications of other "
+                          "names (and route prefixes) share the Ray instance's HTTP proxy without touching this one")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     route_prefix: str = Field("/mixrec", pattern=r"^/[A-Za-z0-9_\-/]*$")

@@ -21,17 +21,27 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import mlflow
 import numpy as np
 import pandas as pd
 
 from mixrec.features.synthetic import NUM_DEVICES, NUM_HOURS, GroundTruth
+from mixrec.pipelines import registry
+from mixrec.pipelines.config import PipelineConfig
+from mixrec.pipelines.registry import CHALLENGER, CHAMPION, RegistryError
+from mixrec.pipelines.workspace import Workspace
 
-from . import abstats
+from . import abreport, abstats
+
+if TYPE_CHECKING:
+    from mixrec.pipelines.promotion import OnlineVerdict  # the lead's (pipelines/promotion.py)
 
 RETRIES_ON_503 = 3
+SIMULATION_APP = "mixrec-abgate"  # the Serve application (and route prefix) simulate_served deploys
 
 
 @dataclass
@@ -193,79 +203,6 @@ def analyse(log: pd.DataFrame, weights: dict[str, float], versions: dict[str, st
                       requests=requests, failed=failed, weights=weights, versions=versions)
 
 
-def report_markdown(a: AbAnalysis, spec: SimulationSpec) -> str:
-    lines = ["# A/B simulation", "",
-             f"{a.requests} requests ({a.failed} failed), {spec.candidates} candidates each, seed {spec.seed}; "
-             f"arms and versions {a.versions}, weights {a.weights}.", "",
-             "| arm | version | impressions | clicks | CTR | 95% CI | true CTR |", "|---|---|---|---|---|---|---|"]
-    for s in a.arms:
-        lines.append(f"| {s.arm} | {a.versions.get(s.arm, '?')} | {s.impressions} | {s.clicks} | {s.ctr:.4f} | "
-                     f"[{s.ctr_low:.4f}, {s.ctr_high:.4f}] | {a.true_ctr.get(s.arm, float('nan')):.4f} |")
-    if a.reference_ctr:
-        lines += ["", f"Reference CTRs on this plan: random ranking {a.reference_ctr['random']:.4f}, "
-                      f"perfect ranking {a.reference_ctr['oracle']:.4f}."]
-    if a.lift:
-        lt = a.lift
-        lines += ["", f"**Lift of {lt.treatment} over {lt.control}**: {lt.absolute_lift:+.4f} absolute "
-                      f"(95% CI [{lt.absolute_low:+.4f}, {lt.absolute_high:+.4f}]), {lt.relative_lift:+.1%} relative; "
-                      f"two-proportion z = {lt.z:.2f}, p = {lt.p_value:.2e} -> "
-                      + (f"significant at alpha {spec.alpha}, winner **{lt.winner}**." if lt.significant
-                         else f"not significant at alpha {spec.alpha}.")]
-    if a.sequential is not None and len(a.sequential.p_values):
-        s = a.sequential
-        lines += ["", f"**Sequential (mSPRT, tau {s.tau})**: always-valid p = {s.p_values[-1]:.2e} after "
-                      f"{int(s.looks[-1])} impressions; "
-                      + (f"boundary crossed at {s.stopped_at} impressions." if s.stopped_at else "boundary not crossed.")]
-    srm = a.srm
-    lines += ["", f"**Sample-ratio check**: observed {srm.observed} vs expected shares "
-                  f"{ {k: round(v, 3) for k, v in srm.expected_share.items()} }: chi2 = {srm.chi2:.2f}, "
-                  f"p = {srm.p_value:.2e} -> " + ("**SAMPLE RATIO MISMATCH**: do not trust the lift."
-                                                  if srm.mismatch else "no mismatch."), ""]
-    return "\n".join(lines)
-
-
-def write_plots(log: pd.DataFrame, a: AbAnalysis, out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    names = [s.arm for s in a.arms]
-    ctr = np.array([s.ctr for s in a.arms])
-    err = np.array([[s.ctr - s.ctr_low for s in a.arms], [s.ctr_high - s.ctr for s in a.arms]])
-    ax.bar(names, ctr, yerr=err, capsize=6, color="#4C78A8", label="observed CTR (95% CI)")
-    ax.scatter(names, [a.true_ctr[n] for n in names], color="#E45756", zorder=3, label="true CTR")
-    ax.set_ylabel("CTR")
-    ax.legend(fontsize=8)
-    ax.set_title("CTR per arm")
-    paths.append(out_dir / "ctr_by_arm.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 2 if a.sequential is not None else 1, figsize=(10, 3.5), squeeze=False)
-    for arm, part in log.groupby("arm"):
-        n = np.arange(1, len(part) + 1)
-        axes[0, 0].plot(n, part["click"].cumsum().to_numpy() / n, label=arm)
-    axes[0, 0].set_xlabel("impressions in the arm")
-    axes[0, 0].set_ylabel("cumulative CTR")
-    axes[0, 0].legend(fontsize=8)
-    if a.sequential is not None and len(a.sequential.p_values):
-        s = a.sequential
-        axes[0, 1].semilogy(s.looks, s.p_values, marker=".")
-        axes[0, 1].axhline(s.alpha, color="grey", ls="--", label=f"alpha {s.alpha}")
-        axes[0, 1].set_xlabel("impressions (both arms)")
-        axes[0, 1].set_ylabel("always-valid p (mSPRT)")
-        axes[0, 1].legend(fontsize=8)
-    paths.append(out_dir / "cumulative_ctr.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
-    return paths
-
-
 @dataclass
 class AbResult:
     analysis: AbAnalysis
@@ -282,12 +219,10 @@ def _served_arms(url: str) -> tuple[dict[str, float], dict[str, str]]:
     return body["weights"], body["versions"]
 
 
-def simulate(cfg, url: str, spec: SimulationSpec, progress: Callable[[str], None] = print,
+def simulate(cfg: PipelineConfig, url: str, spec: SimulationSpec, progress: Callable[[str], None] = print,
              log_to_mlflow: bool = True) -> AbResult:
     """Run a simulation against the splitter at ``url`` (http://host:port/prefix); write the log, the report
     and plots to a new folder under the workspace's ``abtest/``; log them to MLflow as one run."""
-    from mixrec.pipelines.workspace import Workspace
-
     ws = Workspace.resolve(cfg.workspace)
     d = cfg.data
     truth = GroundTruth(d.num_users, d.num_items, d.days, d.seed)
@@ -311,34 +246,52 @@ def simulate(cfg, url: str, spec: SimulationSpec, progress: Callable[[str], None
     analysis = analyse(log, weights, versions, spec, spec.requests, failed)
     random_ctr, best_ctr = oracle_ctr(truth, plan)
     analysis.reference_ctr = {"random": random_ctr, "oracle": best_ctr}
-    (out_dir / "report.md").write_text(report_markdown(analysis, spec))
-    write_plots(log, analysis, out_dir)
-    run_id = _log_mlflow(cfg, ws, out_dir, analysis, spec) if log_to_mlflow else None
+    abreport.write_report(log, analysis, spec, out_dir)
+    run_id = abreport.log_run(cfg, ws, out_dir, analysis, spec) if log_to_mlflow else None
     return AbResult(analysis=analysis, out_dir=out_dir, run_id=run_id)
 
 
-def _log_mlflow(cfg, ws, out_dir: Path, analysis: AbAnalysis, spec: SimulationSpec) -> str:
-    import mlflow
+def simulate_served(cfg: PipelineConfig, spec: SimulationSpec, progress: Callable[[str], None] = print) -> AbResult:
+    """Serve ``cfg``'s arms (aliases resolved now) as an application of its own (:data:`SIMULATION_APP`, on
+    the running HTTP proxy if there is one), simulate, delete that application. An application already serving
+    (``mixrec serve``) keeps answering, and the workspace's serve.json keeps pointing at it."""
+    from .server import deploy, stop_serving
 
-    from mixrec.pipelines.registry import setup_tracking
-
-    setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws)
-    with mlflow.start_run(run_name="abtest-simulate", nested=mlflow.active_run() is not None) as run:
-        mlflow.log_params({f"ab.{k}": v for k, v in asdict(spec).items()})
-        mlflow.log_params({f"ab.version.{arm}": v for arm, v in analysis.versions.items()})
-        mlflow.log_metrics(analysis.metrics())
-        mlflow.set_tags({"ab.treatment_wins": str(analysis.treatment_wins),
-                         "ab.srm_mismatch": str(analysis.srm.mismatch)})
-        mlflow.log_artifacts(str(out_dir), "abtest")
-    return run.info.run_id
-
-
-def simulate_served(cfg, spec: SimulationSpec, progress: Callable[[str], None] = print) -> AbResult:
-    """Start Serve from ``cfg`` (aliases resolved now), simulate, stop Serve."""
-    from .server import start_serving, stop_serving
-
-    url = start_serving(cfg)
+    own = cfg.model_copy(update={"serve": cfg.serve.model_copy(
+        update={"app_name": SIMULATION_APP, "route_prefix": f"/{SIMULATION_APP}"})})
+    url, _ = deploy(own)
     try:
         return simulate(cfg, url, spec, progress)
     finally:
-        stop_serving()
+        stop_serving(own)
+
+
+def online_gate_reasons(analysis: AbAnalysis) -> list[str]:
+    """Why the simulated A/B test does not let the challenger (the treatment) be promoted; empty: it may."""
+    if analysis.srm.mismatch:
+        return [f"A/B sample-ratio mismatch (p = {analysis.srm.p_value:.2e}): the test is invalid"]
+    if not analysis.treatment_wins:
+        lift = analysis.lift
+        return ["A/B test does not favour the challenger" + (
+            f": lift {lift.absolute_lift:+.4f}, p = {lift.p_value:.2e}" if lift else ": an arm got no traffic")]
+    return []
+
+
+def ab_gate(spec: SimulationSpec) -> Callable[[PipelineConfig, str, Callable[[str], None]], OnlineVerdict]:
+    """The promotion's online gate: point ``challenger`` at the candidate version (recorded), serve champion
+    vs challenger under the simulation's own application, simulate ``spec``, and judge the result."""
+    def gate(cfg: PipelineConfig, version: str, progress: Callable[[str], None]) -> OnlineVerdict:
+        from mixrec.pipelines.promotion import OnlineVerdict
+
+        name, arms = cfg.registry.model_name, cfg.serve.arms
+        if CHAMPION not in arms or CHALLENGER not in arms:
+            raise RegistryError(f"--require-ab needs serve.arms with {CHAMPION!r} and {CHALLENGER!r}, got {arms}")
+        client = mlflow.MlflowClient()
+        if registry._alias_version(client, name, CHALLENGER) != version:
+            registry._move_alias(client, name, CHALLENGER, version, reason="online A/B gate of a promotion")
+        progress(f"online gate: serving champion and challenger v{version}, simulating users")
+        result = simulate_served(cfg, spec, progress)
+        reasons = online_gate_reasons(result.analysis)
+        return OnlineVerdict(passed=not reasons, reasons=reasons, run_id=result.run_id, detail=result)
+
+    return gate

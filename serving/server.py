@@ -1,18 +1,37 @@
-"""Start, re-weight and stop the Serve application from a pipeline config: resolve aliases, bind to loopback."""
+"""Start, re-weight and stop Serve applications from a pipeline config: resolve aliases, bind to loopback.
+
+Applications are independent: each has its own name and route prefix (``serve.app_name``,
+``serve.route_prefix``) behind the one HTTP proxy of the Ray instance, and stopping one deletes only it.
+Importing this module imports no Ray (see :func:`join_recorded_ray`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 
-from mixrec.pipelines.config import ConfigError, PipelineConfig, parse_config
+from mixrec.features.io import write_json_atomic
+from mixrec.pipelines.config import ConfigError, PipelineConfig, ServeConfig, dataset_schema, parse_config
 from mixrec.pipelines.registry import RegistryError, resolve_alias, setup_tracking
 from mixrec.pipelines.runtime import QUIET_ENV, init_ray
 from mixrec.pipelines.workspace import Workspace
 
-from .app import ServeSpec, build_app, token_digest
+from .auth import configured_token_digest
+from .resolved import ResolvedServe
 
-APP_NAME = "mixrec"
+APP_NAME = ServeConfig().app_name  # the default application, as KubeRay's serveConfigV2 names it
+
+
+def join_recorded_ray(ws: Workspace) -> str | None:
+    """The Ray address the workspace's server recorded in serve.json (None: none recorded), after taking its
+    Ray auth mode: Ray 2.60 enables token auth on a new local cluster but not in a process that joins it by
+    address, and reads the mode once, when ray is first imported. So call this before anything imports ray."""
+    if not ws.serve_state.exists():
+        return None
+    state = json.loads(ws.serve_state.read_text())
+    if state.get("ray_auth_mode"):
+        os.environ.setdefault("RAY_AUTH_MODE", state["ray_auth_mode"])
+    return state.get("ray_address")
 
 
 def resolve_arms(model_name: str, weights: dict[str, float]) -> tuple[dict[str, str], dict[str, float]]:
@@ -38,22 +57,8 @@ def resolve_arms(model_name: str, weights: dict[str, float]) -> tuple[dict[str, 
     return arms, merged
 
 
-def bearer_token_digest(cfg: PipelineConfig) -> str | None:
-    """SHA-256 of the token in the environment variable ``serve.auth_token_env`` names (None: no auth)."""
-    name = cfg.serve.auth_token_env
-    if name is None:
-        return None
-    token = os.environ.get(name, "")
-    if not token:
-        raise ConfigError(f"serve.auth_token_env: environment variable {name} is unset or empty; "
-                          f"set it to the bearer token, or remove serve.auth_token_env")
-    return token_digest(token)
-
-
 def serving_schema(cfg: PipelineConfig):
     """The config's dataset schema, which must name user and item keys: the ranker ranks items for a user."""
-    from mixrec.pipelines.config import dataset_schema
-
     schema = dataset_schema(cfg)
     if not (schema.user_key and schema.item_key):
         raise ConfigError(f"serving ranks items for a user, but dataset {schema.name!r} declares no user and item "
@@ -62,65 +67,70 @@ def serving_schema(cfg: PipelineConfig):
     return schema
 
 
-def serve_spec(cfg: PipelineConfig, ws: Workspace) -> ServeSpec:
+def resolve_serve(cfg: PipelineConfig, ws: Workspace) -> ResolvedServe:
+    """The config's serve section with everything resolved now: aliases, tracking URI, token, schema."""
     tracking_uri = setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws)
     arms, weights = resolve_arms(cfg.registry.model_name, cfg.serve.arms)
-    s = cfg.serve
-    return ServeSpec(model_name=cfg.registry.model_name, tracking_uri=tracking_uri, feast_repo=str(ws.feast_repo),
-                     arms=arms, weights=weights, salt=s.salt, max_candidates=s.max_candidates, env=dict(QUIET_ENV),
-                     max_id=s.max_id, token_sha256=bearer_token_digest(cfg), ranker_replicas=s.ranker_replicas,
-                     ranker_cpus=s.ranker_cpus, max_ongoing_requests=s.max_ongoing_requests,
-                     max_queued_requests=s.max_queued_requests, retry_after_s=s.retry_after_s,
-                     batch_max_size=s.batch_max_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
-                     item_cache=s.item_cache, item_cache_ttl_s=s.item_cache_ttl_s,
-                     item_cache_check_s=s.item_cache_check_s, schema=serving_schema(cfg))
+    return ResolvedServe(serve=cfg.serve, model_name=cfg.registry.model_name, arms=arms, weights=weights,
+                         tracking_uri=tracking_uri, workspace=ws, schema=serving_schema(cfg), env=dict(QUIET_ENV),
+                         token_sha256=configured_token_digest(cfg.serve))
 
 
-def _deploy(cfg: PipelineConfig, ws: Workspace) -> tuple[str, ServeSpec]:
+def _http_proxy(serve_cfg: ServeConfig) -> tuple[str, int]:
+    """Where Serve's HTTP proxy listens. A Ray instance has one, serving every application on the host and port
+    it was started with: a running one is reused whatever ``serve.port`` says, else it starts on
+    ``serve.host:serve.port``."""
     from ray import serve
+    from ray.serve.context import _get_global_client  # the running proxy's options: no public API in Ray 2.60
 
-    spec = serve_spec(cfg, ws)
-    serve.run(build_app(spec), name=APP_NAME, route_prefix=cfg.serve.route_prefix)
-    return f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix}", spec
-
-
-def _record_state(ws: Workspace, url: str, spec: ServeSpec) -> None:
-    """serve.json: what `mixrec query` and `mixrec ab set-weights` need to find the running app."""
-    import ray
-
-    # Ray 2.60 turns token auth on for a new local cluster (token in ~/.ray/auth_token) but not for a process
-    # joining by explicit address: whoever joins must set the same mode, so it is recorded here.
-    state = {"url": url, "arms": spec.arms, "weights": spec.weights,
-             "ray_address": ray.get_runtime_context().gcs_address, "ray_auth_mode": os.environ.get("RAY_AUTH_MODE")}
-    tmp = ws.serve_state.with_name(f".{ws.serve_state.name}.tmp")
-    tmp.write_text(json.dumps(state))
-    tmp.replace(ws.serve_state)
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
+        return serve_cfg.host, serve_cfg.port
+    return client.http_config.host, client.http_config.port
 
 
-def start_serving(cfg: PipelineConfig, ray_address: str | None = None) -> str:
-    """Deploy the A/B application and return its base URL (http://HOST:PORT/PREFIX)."""
+def deploy(cfg: PipelineConfig, ray_address: str | None = None) -> tuple[str, ResolvedServe]:
+    """Deploy (or redeploy) the config's application, aliases resolved now; returns its base URL
+    (http://HOST:PORT/PREFIX) and what it was built from. Other applications keep running; nothing is
+    recorded in the workspace (:func:`start_serving` does)."""
     init_ray(ray_address)
     from ray import serve
 
-    ws = Workspace.resolve(cfg.workspace)
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    url, spec = _deploy(cfg, ws)
-    _record_state(ws, url, spec)
+    from .app import build_app
+
+    plan = resolve_serve(cfg, Workspace.resolve(cfg.workspace))
+    host, port = _http_proxy(cfg.serve)
+    serve.run(build_app(plan), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
+    return f"http://{host}:{port}{cfg.serve.route_prefix}", plan
+
+
+def _record_state(ws: Workspace, url: str, plan: ResolvedServe) -> None:
+    """serve.json: what `mixrec query` and `mixrec ab set-weights` need to find the running app, including the
+    Ray auth mode whoever joins must take (see :func:`join_recorded_ray`)."""
+    import ray
+
+    write_json_atomic({"url": url, "app_name": plan.serve.app_name, "arms": plan.arms, "weights": plan.weights,
+                       "ray_address": ray.get_runtime_context().gcs_address,
+                       "ray_auth_mode": os.environ.get("RAY_AUTH_MODE")}, ws.serve_state)
+
+
+def start_serving(cfg: PipelineConfig, ray_address: str | None = None) -> str:
+    """Deploy the A/B application, record it in the workspace's serve.json, and return its base URL."""
+    url, plan = deploy(cfg, ray_address)
+    _record_state(Workspace.resolve(cfg.workspace), url, plan)
     return url
 
 
-def set_weights(cfg: PipelineConfig, weights: dict[str, float], ray_address: str | None = None) -> ServeSpec:
+def set_weights(cfg: PipelineConfig, weights: dict[str, float], ray_address: str | None = None) -> ResolvedServe:
     """Change the served arms and their weights live: aliases are resolved again and the application is
     deployed again. Rankers whose version is unchanged keep running (their constructor argument does not
     depend on the weights); the splitter only gets a new ``user_config`` (``reconfigure``) unless the set of
     arms changed, so requests keep flowing. ``ray_address``: the Ray instance that serves (default: the
     one recorded in the workspace's serve.json, else the current/local one)."""
     ws = Workspace.resolve(cfg.workspace)
-    if ray_address is None and ws.serve_state.exists():
-        state = json.loads(ws.serve_state.read_text())
-        ray_address = state.get("ray_address")
-        if state.get("ray_auth_mode"):
-            os.environ.setdefault("RAY_AUTH_MODE", state["ray_auth_mode"])
+    if ray_address is None:
+        ray_address = join_recorded_ray(ws)
     data = cfg.to_dict()
     data["serve"]["arms"] = dict(weights)
     updated = parse_config(data, "(ab set-weights)")
@@ -129,9 +139,9 @@ def set_weights(cfg: PipelineConfig, weights: dict[str, float], ray_address: str
     missing = [alias for alias, w in weights.items() if w > 0 and _alias_missing(cfg.registry.model_name, alias)]
     if missing:
         raise RegistryError(f"model {cfg.registry.model_name!r} has no alias {missing}: cannot route traffic to it")
-    url, spec = _deploy(updated, ws)
-    _record_state(ws, url, spec)
-    return spec
+    url, plan = deploy(updated)
+    _record_state(ws, url, plan)
+    return plan
 
 
 def _alias_missing(model_name: str, alias: str) -> bool:
@@ -142,18 +152,30 @@ def _alias_missing(model_name: str, alias: str) -> bool:
     return False
 
 
-def stop_serving() -> None:
-    """Shut Serve down entirely (controller and HTTP proxy), so a later start binds its own host and port."""
+def stop_serving(app: PipelineConfig | str = APP_NAME) -> None:
+    """Delete one application (a config's ``serve.app_name``, or a name); other applications keep serving.
+    Once none remains, Serve shuts down entirely (controller and HTTP proxy), so a later start binds its own
+    host and port."""
+    import ray
+
+    if not ray.is_initialized():
+        return
     from ray import serve
 
-    serve.shutdown()
+    name = app if isinstance(app, str) else app.serve.app_name
+    if name in serve.status().applications:
+        serve.delete(name)
+    if not serve.status().applications:
+        serve.shutdown()
 
 
 def app_from_args(args: dict):
     """Serve application builder for ``serve run`` / KubeRay ``serveConfigV2``:
     ``import_path: mixrec.serving.server:app_from_args`` with ``args: {config: /path/pipeline.yaml}``.
     Aliases resolve to versions here, once, when the application is built."""
-    from mixrec.pipelines.config import PipelineConfig, load_config
+    from mixrec.pipelines.config import load_config
+
+    from .app import build_app
 
     cfg = load_config(args["config"]) if args.get("config") else PipelineConfig()
-    return build_app(serve_spec(cfg, Workspace.resolve(cfg.workspace)))
+    return build_app(resolve_serve(cfg, Workspace.resolve(cfg.workspace)))

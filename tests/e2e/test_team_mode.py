@@ -109,7 +109,7 @@ def test_pipeline_and_serving_on_postgres_and_redis(ray_session, team):
         "model": {"name": "dnn"},
         "train": {"num_workers": 1, "epochs": 1},
         "registry": {"tracking_uri": team["tracking_uri"], "model_name": "team-ranker"},
-        "serve": {"port": team["serve_port"]},
+        "serve": {"port": team["serve_port"], "app_name": "mixrec-team", "route_prefix": "/team"},
     })
     result = run_pipeline(cfg, progress=lambda _: None)
     assert result.version == "1"
@@ -132,4 +132,4 @@ def test_pipeline_and_serving_on_postgres_and_redis(ray_session, team):
         assert r.status_code == 200, r.text
         assert r.json()["model_name"] == "team-ranker" and r.json()["model_version"] == "1"
     finally:
-        stop_serving()
+        stop_serving(cfg)

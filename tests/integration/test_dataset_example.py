@@ -196,7 +196,8 @@ def test_the_dataset_trains_registers_and_serves_over_http(shop, tmp_path, free_
     port = free_port()
     cfg = parse_config(_shop_config(ws.root.parent, tmp_path / "ws", model={"name": "dnn"},
                                     train={"num_workers": 1, "epochs": 1, "batch_size": 256},
-                                    serve={"port": port, "arms": {"champion": 1.0}}))
+                                    serve={"port": port, "arms": {"champion": 1.0}, "app_name": "mixrec-shop",
+                                           "route_prefix": "/shop"}))
     result = run_pipeline(cfg, fresh=True, progress=lambda _: None)
     url = start_serving(cfg)
     try:
@@ -213,4 +214,4 @@ def test_the_dataset_trains_registers_and_serves_over_http(shop, tmp_path, free_
         bad = httpx.post(f"{url}/rank", json={**body, "context": {"colour": 1}}, timeout=60)
         assert bad.status_code == 422 and "colour" in bad.text and "recent_items" in bad.text
     finally:
-        stop_serving()
+        stop_serving(cfg)

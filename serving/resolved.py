@@ -1,0 +1,47 @@
+"""What a Serve application is built from: the pipeline's ``ServeConfig`` plus the values resolved once, when it
+is deployed (aliases -> versions, tracking URI, workspace, token digest, dataset schema, worker env).
+
+Plain data shipped to the replicas as constructor arguments. Each deployment gets the view of it that holds
+only what it reads, so its code version (a hash of those arguments, see :func:`mixrec.serving.app.code_version`)
+changes exactly when it must be rebuilt: re-weighting or a new token reconfigures the splitter live and leaves
+every ranker running.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from mixrec.features.schema import DatasetSchema
+from mixrec.pipelines.config import ServeConfig
+from mixrec.pipelines.workspace import Workspace
+
+# The ServeConfig fields each deployment reads; its view keeps these and leaves the others at their defaults.
+RANKER_SETTINGS = ("batch_max_size", "batch_wait_timeout_s", "item_cache", "item_cache_ttl_s", "item_cache_check_s")
+SPLITTER_SETTINGS = ("salt", "max_candidates", "max_id", "retry_after_s")
+
+
+@dataclass(frozen=True)
+class ResolvedServe:
+    serve: ServeConfig
+    model_name: str
+    arms: dict[str, str]  # arm (alias) -> model version; aliases folded into another arm are absent
+    weights: dict[str, float]  # arm -> traffic weight, live (splitter user_config)
+    tracking_uri: str
+    workspace: Workspace  # its Feast repo and materialization marker
+    schema: DatasetSchema  # the dataset schema the served models were trained on
+    env: dict[str, str]  # environment of the replicas (quiet logging)
+    token_sha256: str | None  # live (splitter user_config); None: no auth
+
+    def _view(self, settings: tuple[str, ...], arms: dict[str, str]) -> ResolvedServe:
+        serve = ServeConfig(**self.serve.model_dump(include=set(settings)))
+        return replace(self, serve=serve, arms=arms, weights={}, token_sha256=None)
+
+    def ranker_view(self, arm: str) -> ResolvedServe:
+        """A ranker's constructor argument: its arm's version, where models and features come from, and the
+        ranker settings; nothing that changes with the weights, the token or the request limits."""
+        return self._view(RANKER_SETTINGS, {arm: self.arms[arm]})
+
+    def splitter_view(self) -> ResolvedServe:
+        """The splitter's constructor argument: the served arms and request limits; weights and token reach it
+        through its ``user_config`` only, so changing them reconfigures the running replicas."""
+        return self._view(SPLITTER_SETTINGS, self.arms)

@@ -1,0 +1,79 @@
+"""Serve applications cannot take each other down: a second application (its own name and route prefix) starts
+on the running HTTP proxy and is stopped again while the session's shared app keeps answering 200."""
+
+from __future__ import annotations
+
+import threading
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from mixrec.pipelines.config import parse_config
+from mixrec.pipelines.registry import CHAMPION
+
+pytestmark = pytest.mark.integration
+
+BODY = {"user_id": 3, "items": [1, 2, 3], "context": {"device": 1, "hour": 9}}
+
+
+class Probe:
+    """Sends /rank to one URL in a loop on a thread until stopped; records every status (0: transport error)."""
+
+    def __init__(self, url: str):
+        self.url, self.statuses = url, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self._stop.is_set():
+                try:
+                    self.statuses.append(client.post("/rank", json=BODY).status_code)
+                except httpx.HTTPError:
+                    self.statuses.append(0)
+
+    def wait_for_more(self, n: int, timeout: float = 60) -> None:
+        deadline, target = time.time() + timeout, len(self.statuses) + n
+        while len(self.statuses) < target and time.time() < deadline:
+            time.sleep(0.05)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def test_a_second_app_starts_and_stops_while_the_first_keeps_answering(served, free_port):
+    from ray import serve
+
+    from mixrec.serving.server import start_serving, stop_serving
+
+    data = served["cfg"].to_dict()
+    data["serve"].update(app_name="mixrec-second", route_prefix="/second", port=free_port(),
+                         arms={CHAMPION: 1.0}, ranker_replicas=1)
+    cfg = parse_config(data)
+    state = served["first"].workspace.serve_state
+    recorded = state.read_text()
+    first = urlsplit(served["url"])
+    try:
+        with Probe(served["url"]) as probe:
+            url = start_serving(cfg)
+            # One HTTP proxy per Ray instance: the second app is reached on the port it really listens on.
+            assert url == f"{first.scheme}://{first.netloc}/second"
+            answer = httpx.post(f"{url}/rank", json=BODY, timeout=60)
+            assert answer.status_code == 200 and answer.json()["arm"] == CHAMPION, answer.text
+            assert {"mixrec", "mixrec-second"} <= set(serve.status().applications)
+            stop_serving(cfg)
+            assert set(serve.status().applications) == {"mixrec"}
+            assert httpx.post(f"{url}/rank", json=BODY, timeout=60).status_code == 404
+            probe.wait_for_more(5)
+    finally:
+        stop_serving(cfg)
+        state.write_text(recorded)  # the shared app's serve.json, which the second start overwrote
+    assert len(probe.statuses) > 5 and set(probe.statuses) == {200}, probe.statuses
+    assert served["client"].post("/rank", json=BODY).status_code == 200

@@ -1,0 +1,42 @@
+"""What each deployment is built from: re-weighting, a new token or other request limits must leave a ranker's
+constructor argument (hence its code version, a hash of its repr) unchanged, and a new model version change it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from mixrec.features.schema import SYNTHETIC_SCHEMA
+from mixrec.pipelines.config import ServeConfig
+from mixrec.pipelines.workspace import Workspace
+from mixrec.serving.resolved import ResolvedServe
+
+
+def plan(**serve) -> ResolvedServe:
+    return ResolvedServe(serve=ServeConfig(**serve), model_name="m", arms={"champion": "1", "challenger": "2"},
+                         weights={"champion": 0.5, "challenger": 0.5}, tracking_uri="sqlite:///x.db",
+                         workspace=Workspace(Path("/ws")), schema=SYNTHETIC_SCHEMA, env={"A": "1"}, token_sha256=None)
+
+
+def test_ranker_view_holds_its_arm_and_ranker_settings_only():
+    view = plan(item_cache_ttl_s=60.0, max_candidates=7).ranker_view("challenger")
+    assert view.arms == {"challenger": "2"} and view.weights == {} and view.token_sha256 is None
+    assert view.serve.item_cache_ttl_s == 60.0 and view.serve.max_candidates == ServeConfig().max_candidates
+
+
+def test_live_settings_and_request_limits_leave_the_ranker_unchanged():
+    base = plan()
+    changed = replace(plan(arms={"champion": 1.0, "challenger": 0.0}, max_ongoing_requests=1, retry_after_s=5,
+                           auth_token_env="TOKEN", app_name="other"),
+                      weights={"champion": 1.0, "challenger": 0.0}, token_sha256="ab" * 32)
+    for arm in ("champion", "challenger"):
+        assert repr(changed.ranker_view(arm)) == repr(base.ranker_view(arm))
+    assert repr(changed.splitter_view()) != repr(base.splitter_view())  # retry_after_s is the splitter's
+    assert repr(replace(changed, serve=base.serve).splitter_view()) == repr(base.splitter_view())
+
+
+def test_a_new_version_or_ranker_setting_changes_the_ranker():
+    base = plan()
+    assert repr(replace(base, arms={"champion": "1", "challenger": "3"}).ranker_view("challenger")) \
+        != repr(base.ranker_view("challenger"))
+    assert repr(plan(batch_max_size=4).ranker_view("champion")) != repr(base.ranker_view("champion"))
