@@ -4,23 +4,43 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` for the block to write a file or a folder into; when the block ends
+    without error it replaces ``path`` (an earlier file or folder there is removed), and it is gone either way.
+    For writers that want a path of their own (``torch.save``, a folder of shards, ...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    _remove(tmp)
+    try:
+        yield tmp
+        if tmp.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        tmp.replace(path)
+    finally:
+        _remove(tmp)
+
+
 def write_dataset_atomic(ds, path: Path) -> Path:
     """Ray Dataset -> a Parquet folder at ``path``, streaming (blocks go to disk as they are produced, never
     all into the object store), all or nothing: written beside it, then renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_path(path) as tmp:
         ds.write_parquet(str(tmp))
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.replace(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -52,9 +72,11 @@ def write_tables_atomic(tables: Iterable, path: Path) -> int:
     return rows
 
 
-def write_json_atomic(data: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+def write_text_atomic(text: str, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
     return path
+
+
+def write_json_atomic(data: dict, path: Path, indent: int | None = 2) -> Path:
+    return write_text_atomic(json.dumps(data, indent=indent, default=str), path)

@@ -38,3 +38,20 @@ def test_a_failed_write_keeps_the_previous_file_whole(tmp_path):
         write_tables_atomic(parts(), path)
     assert pq.read_table(path).column("a").to_pylist() == [1]
     assert [p.name for p in tmp_path.iterdir()] == ["rows.parquet"]
+
+
+def test_atomic_path_replaces_a_file_or_folder_only_when_the_block_succeeds(tmp_path):
+    from mixrec.features.io import atomic_path, write_json_atomic
+
+    path = tmp_path / "out" / "state.json"
+    write_json_atomic({"a": 1}, path)
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("writer failed")
+    assert path.read_text() == '{\n  "a": 1\n}' and sorted(path.parent.iterdir()) == [path]
+    folder = tmp_path / "shards"
+    for n in (1, 2):
+        with atomic_path(folder) as tmp:
+            tmp.mkdir()
+            (tmp / f"part-{n}").write_text(str(n))
+    assert [p.name for p in folder.iterdir()] == ["part-2"] and sorted(tmp_path.iterdir()) == [tmp_path / "out", folder]
