@@ -54,7 +54,7 @@ def _print_ranked(response: dict) -> None:
 
 
 def _run(cfg: PipelineConfig, fresh: bool):
-    from .pipeline import run_pipeline
+    from .run import run_pipeline
 
     result = run_pipeline(cfg, fresh=fresh, progress=typer.echo)
     typer.echo(f"registered {result.model_name} v{result.version} (aliases: {', '.join(result.aliases) or '-'}); "

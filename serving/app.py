@@ -139,7 +139,7 @@ class Ranker:
         os.environ.update(dict(spec.env))
         import mlflow
 
-        from mixrec.pipelines.registry import load_ranker
+        from mixrec.pipelines.pyfunc import load_ranker
 
         mlflow.set_tracking_uri(spec.tracking_uri)
         schema = spec.schema

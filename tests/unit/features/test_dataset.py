@@ -144,8 +144,7 @@ def test_preprocessor_string_vocab_and_hashing_are_deterministic():
 
 
 def test_pipeline_config_names_a_bad_dataset_schema(tmp_path):
-    from mixrec.pipelines.config import ConfigError, parse_config
-    from mixrec.pipelines.config import dataset_schema
+    from mixrec.pipelines.config import ConfigError, dataset_schema, parse_config
 
     with pytest.raises(ConfigError, match="data.schema: dataset schema file not found: .*nope.yaml"):
         dataset_schema(parse_config({"data": {"schema": str(tmp_path / "nope.yaml")}}))
