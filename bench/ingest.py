@@ -99,7 +99,8 @@ def baseline(folder: Path) -> float:
 def run_pipeline_child(folder: Path, workspace: Path) -> None:
     """Child process: the pipeline's data steps on the files; prints the step seconds as JSON."""
     from mixrec.pipelines.config import parse_config
-    from mixrec.pipelines.pipeline import StepTimer, prepare_data
+    from mixrec.pipelines.prepare import prepare_data
+    from mixrec.pipelines.progress import StepTimer
     from mixrec.pipelines.runtime import init_ray
     from mixrec.pipelines.workspace import Workspace
 

@@ -86,7 +86,7 @@ def bare_in_process(cfg, ws, version: str, users: np.ndarray, items: list[int], 
     """Preprocess + forward of 200 candidates on features already in memory (fetched once, before timing)."""
     from mixrec.features import feast_repo
     from mixrec.features.schema import SYNTHETIC_SCHEMA as schema
-    from mixrec.pipelines.registry import load_ranker
+    from mixrec.pipelines.pyfunc import load_ranker
     from mixrec.serving.features import load_item_table, online_matrix, request_frame
 
     ranker = load_ranker(cfg.registry.model_name, version)
@@ -117,7 +117,8 @@ def plain_app(workspace: str, model_name: str, version: str):
 
     from mixrec.features import feast_repo
     from mixrec.features.schema import SYNTHETIC_SCHEMA as schema
-    from mixrec.pipelines.registry import load_ranker, setup_tracking
+    from mixrec.pipelines.pyfunc import load_ranker
+    from mixrec.pipelines.registry import setup_tracking
     from mixrec.pipelines.workspace import Workspace
     from mixrec.serving.features import load_item_table, online_matrix, request_frame
     from mixrec.serving.schemas import RankRequest
@@ -183,8 +184,8 @@ def main() -> None:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from mixrec.pipelines.config import parse_config
-    from mixrec.pipelines.pipeline import run_pipeline
     from mixrec.pipelines.registry import resolve_alias, setup_tracking
+    from mixrec.pipelines.run import run_pipeline
     from mixrec.pipelines.runtime import init_ray
     from mixrec.pipelines.workspace import Workspace
     from mixrec.serving.server import start_serving, stop_serving

@@ -70,9 +70,10 @@ def ray_train_ratio(model_name: str, kwargs: dict, rows: int, batch: int) -> dic
     from mixrec.features.schema import SYNTHETIC_SCHEMA as schema
     from mixrec.features.synthetic import generate
     from mixrec.pipelines.config import TrainConfig
+    from mixrec.pipelines.optim import build_optimizers
     from mixrec.pipelines.preprocess import fit_preprocessor
     from mixrec.pipelines.runtime import init_ray
-    from mixrec.pipelines.train import build_optimizers, train
+    from mixrec.pipelines.train import train
 
     ray = init_ray()
     t = generate(num_events=rows, num_users=2000, num_items=1000, days=7, seed=1)

@@ -21,17 +21,30 @@ def _beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary file name beside ``path`` to write to: renamed to ``path`` when the block ends without an
-    error, removed otherwise (``path`` then keeps its previous content)."""
+    """A temporary path beside ``path`` for the block to write a file or a folder into; when the block ends
+    without error it replaces ``path`` (an earlier file or folder there is removed), and it is gone either way
+    (``path`` then keeps its previous content). For writers that want a path of their own (``torch.save``,
+    a folder of shards, ...)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _beside(path)
+    _remove(tmp)
     try:
         yield tmp
+        if tmp.is_dir():
+            _remove(path)
         tmp.replace(path)
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
 
 
 def write_text_atomic(text: str, path: Path) -> Path:
@@ -40,8 +53,8 @@ def write_text_atomic(text: str, path: Path) -> Path:
     return path
 
 
-def write_json_atomic(data: dict, path: Path) -> Path:
-    return write_text_atomic(json.dumps(data, indent=2, default=str), path)
+def write_json_atomic(data: dict, path: Path, indent: int | None = 2) -> Path:
+    return write_text_atomic(json.dumps(data, indent=indent, default=str), path)
 
 
 def write_frame_atomic(frame, path: Path) -> Path:
@@ -105,12 +118,6 @@ def write_tables_atomic(tables: Iterable, path: Path) -> int:
 def write_dataset_atomic(ds, path: Path) -> Path:
     """Ray Dataset -> a Parquet folder at ``path``, streaming (blocks go to disk as they are produced, never
     all into the object store), all or nothing: written beside it, then renamed."""
-    tmp = _beside(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_path(path) as tmp:
         ds.write_parquet(str(tmp))
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.replace(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path

@@ -2,6 +2,8 @@
 
 One layout for Ray Train checkpoints, the MLflow model's artifacts and the ranker's loader:
 ``model.pt`` (state dict), ``model.json`` (name, constructor kwargs, feature layout), ``preprocessing.json``.
+A training checkpoint adds what resuming needs: ``optimizer.pt`` (optimizers and schedulers) and
+``progress.json`` (position, early-stopping state, the reported metrics).
 """
 
 from __future__ import annotations
@@ -12,20 +14,28 @@ from pathlib import Path
 
 import torch
 
+from mixrec.features.io import atomic_path, write_json_atomic
 from mixrec.models import FeatureLayout, RankingModel, build_model
 
-from .preprocess import Preprocessor
+from .preprocess import ARTIFACT_NAME, Preprocessor
 
 WEIGHTS = "model.pt"
 MODEL_SPEC = "model.json"
+MODEL_FILES = (WEIGHTS, MODEL_SPEC, ARTIFACT_NAME)  # what a registered model needs (no training state)
+TRAINING_STATE = "optimizer.pt"
+PROGRESS = "progress.json"
+
+
+def _torch_save(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_checkpoint(directory: Path, model: RankingModel, preprocessor: Preprocessor, extra: dict | None = None) -> Path:
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     spec = {**model.config(), "layout": asdict(preprocessor.layout()), **(extra or {})}
-    torch.save(model.state_dict(), directory / WEIGHTS)
-    (directory / MODEL_SPEC).write_text(json.dumps(spec))
+    _torch_save(model.state_dict(), directory / WEIGHTS)
+    write_json_atomic(spec, directory / MODEL_SPEC, indent=None)
     preprocessor.save(directory)
     return directory
 
@@ -45,3 +55,29 @@ def load_checkpoint(directory: Path) -> tuple[RankingModel, Preprocessor, dict]:
     model.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
     model.eval()
     return model, Preprocessor.load(directory), spec
+
+
+# --- training state -------------------------------------------------------------------------------------
+def save_training_state(directory: Path, optimizers: dict, schedulers: dict, progress: dict) -> None:
+    """Beside the model files: every optimizer and scheduler (``<name>``, ``<name>_scheduler``) and the
+    position training resumes from (``progress``)."""
+    directory = Path(directory)
+    _torch_save({**{name: opt.state_dict() for name, opt in optimizers.items()},
+                 **{f"{name}_scheduler": sch.state_dict() for name, sch in schedulers.items()}},
+                directory / TRAINING_STATE)
+    write_json_atomic(progress, directory / PROGRESS, indent=None)
+
+
+def restore_training_state(directory: Path, model: RankingModel, optimizers: dict, schedulers: dict) -> dict:
+    """Load the weights, optimizers and schedulers of a training checkpoint in place; returns its progress."""
+    directory = Path(directory)
+    model.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
+    states = torch.load(directory / TRAINING_STATE, map_location="cpu", weights_only=True)
+    for name, opt in optimizers.items():
+        opt.load_state_dict(states[name])
+        schedulers[name].load_state_dict(states[f"{name}_scheduler"])
+    return read_progress(directory)
+
+
+def read_progress(directory: Path) -> dict:
+    return json.loads((Path(directory) / PROGRESS).read_text())

@@ -17,7 +17,7 @@ AddressOpt = Annotated[str, typer.Option("--address", envvar="RAY_JOBS_ADDRESS",
 
 def run_and_report(cfg: PipelineConfig, fresh: bool):
     """Run the pipeline with progress on stdout and a one-line summary of what was registered."""
-    from .pipeline import run_pipeline
+    from .run import run_pipeline
 
     result = run_pipeline(cfg, fresh=fresh, progress=typer.echo)
     typer.echo(f"registered {result.model_name} v{result.version} (aliases: {', '.join(result.aliases) or '-'}); "

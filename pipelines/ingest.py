@@ -23,9 +23,8 @@ import pyarrow.parquet as pq
 
 from mixrec.features import feast_repo
 from mixrec.features.dataset import SPLIT_COLUMN
+from mixrec.features.io import atomic_path, write_tables_atomic
 from mixrec.features.schema import DatasetSchema
-
-from mixrec.features.io import write_tables_atomic
 
 FEAST_DROPPED = "feast_point_in_time_join(no feature row within ttl)"
 FAILED_COLUMN = "_failed_expectations"  # same column as the validation quarantine (pipelines.validate)
@@ -100,33 +99,29 @@ def retrieve_to_shards(repo_dir: Path, events_path: Path, schema: DatasetSchema,
     retrieve = ray.remote(max_calls=1)(_retrieve_chunk)  # a fresh worker per chunk (module docstring)
     single_chunk = pq.ParquetFile(events_path).metadata.num_rows <= chunk_rows
     counts = RetrievalCounts()
-    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    (tmp_dir / "dropped").mkdir(parents=True)
-    pending = []
-    try:
-        for i, batch in enumerate(pq.ParquetFile(events_path).iter_batches(batch_size=chunk_rows)):
-            if len(pending) >= parallelism:
-                done, pending = ray.wait(pending, num_returns=1)
-                counts.add(ray.get(done[0]))
-            args = (str(repo_dir), pa.Table.from_batches([batch]), schema, str(tmp_dir / f"part-{i:05d}.parquet"),
-                    str(tmp_dir / "dropped" / f"part-{i:05d}.parquet"))
-            if single_chunk:
-                counts.add(_retrieve_chunk(*args))
-            else:
-                pending.append(retrieve.remote(*args))
-        for result in ray.get(pending):
-            counts.add(result)
+    with atomic_path(out_dir) as tmp_dir:
+        (tmp_dir / "dropped").mkdir(parents=True)
         pending = []
+        try:
+            for i, batch in enumerate(pq.ParquetFile(events_path).iter_batches(batch_size=chunk_rows)):
+                if len(pending) >= parallelism:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    counts.add(ray.get(done[0]))
+                args = (str(repo_dir), pa.Table.from_batches([batch]), schema,
+                        str(tmp_dir / f"part-{i:05d}.parquet"), str(tmp_dir / "dropped" / f"part-{i:05d}.parquet"))
+                if single_chunk:
+                    counts.add(_retrieve_chunk(*args))
+                else:
+                    pending.append(retrieve.remote(*args))
+            for result in ray.get(pending):
+                counts.add(result)
+            pending = []
+        finally:
+            for ref in pending:  # after a failed chunk: no task may go on writing into the folder being removed
+                ray.cancel(ref, force=True)
         if counts.joined + counts.dropped != counts.events:
             raise RuntimeError(f"retrieval lost rows: {counts}")
         dropped = sorted((tmp_dir / "dropped").glob("*.parquet"))
         write_tables_atomic((b for part in dropped for b in pq.ParquetFile(part).iter_batches()), quarantine_path)
         shutil.rmtree(tmp_dir / "dropped")
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp_dir.replace(out_dir)
-    finally:
-        for ref in pending:  # after a failed chunk: no task may go on writing into the folder removed below
-            ray.cancel(ref, force=True)
-        shutil.rmtree(tmp_dir, ignore_errors=True)
     return counts

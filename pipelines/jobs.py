@@ -47,7 +47,7 @@ def stage_package(destination: Path) -> Path:
 def submit(config_path: Path, address: str, env: dict[str, str] | None = None,
            entrypoint_num_cpus: float = 0.0, agent_wait_s: float = 120.0) -> str:
     """Submit ``mixrec run`` with this config as a Ray Job; returns the job id."""
-    from .pipeline import check_model_config
+    from .prepare import check_model_config
 
     cfg: PipelineConfig = load_config(config_path)  # reject a bad config before anything is shipped
     check_model_config(cfg)

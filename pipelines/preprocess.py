@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mixrec.features.io import write_json_atomic
 from mixrec.features.multihot import flat_values, place, series_value_lists
 from mixrec.features.schema import DatasetSchema
 from mixrec.models import FeatureLayout
+from mixrec.models.batch import CATEGORICAL, DENSE, LABEL
 
 ARTIFACT_VERSION = 1
 ARTIFACT_NAME = "preprocessing.json"
@@ -77,11 +79,12 @@ class Preprocessor:
         return tuple(self.multi_hot[f].max_len if f in self.multi_hot else 1 for f in self.categorical)
 
     def id_column(self, name: str) -> int:
-        """First column of categorical field ``name`` in ``transform(...)["categorical"]``."""
+        """First column of categorical field ``name`` in ``transform(...)[CATEGORICAL]``."""
         return sum(self.bag_sizes[:self.categorical.index(name)])
 
     def transform(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Raw feature columns -> ``categorical`` int64 [B, n_id_columns] and ``dense`` float32 [B, n_dense].
+        """Raw feature columns -> :data:`CATEGORICAL` int64 [B, n_id_columns] and :data:`DENSE` float32
+        [B, n_dense] (the columns of a :class:`mixrec.models.batch.Batch`).
 
         Unknown, rare and missing categorical values map to 0 (OOV); missing dense values to the train mean.
         A multi-hot field (a list column or delimited strings) fills its ``max_len`` columns with its values'
@@ -115,12 +118,12 @@ class Preprocessor:
                 x = np.log1p(np.clip(x, 0.0, None))
             x = np.where(np.isfinite(x), x, s.mean)
             dense[:, j] = np.clip((x - s.mean) / s.std, -self.clip_sigma, self.clip_sigma)
-        return {"categorical": cat, "dense": dense}
+        return {CATEGORICAL: cat, DENSE: dense}
 
     def transform_batch(self, batch: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Ray Data ``map_batches`` function for labelled rows: features + float32 label."""
+        """Ray Data ``map_batches`` function for labelled rows: features + float32 :data:`LABEL`."""
         out = self.transform(batch)
-        out["label"] = batch[self.label].to_numpy(dtype=np.float32)
+        out[LABEL] = batch[self.label].to_numpy(dtype=np.float32)
         return out
 
     # --- persistence ------------------------------------------------------------------------------------
@@ -141,12 +144,7 @@ class Preprocessor:
         return cls(**d)
 
     def save(self, directory: Path) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / ARTIFACT_NAME
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json()))
-        tmp.replace(path)
-        return path
+        return write_json_atomic(self.to_json(), Path(directory) / ARTIFACT_NAME, indent=None)
 
     @classmethod
     def load(cls, directory: Path) -> Preprocessor:

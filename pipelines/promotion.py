@@ -1,8 +1,9 @@
 """Gated promotion: the challenger becomes champion only when it beats the champion offline (paired bootstrap
-on the same held-out rows) and, with ``require_ab``, in a simulated online A/B test through the served splitter.
+on the same held-out rows) and, given an ``online_gate``, online too (e.g. a simulated A/B test through the
+served splitter: the gate is a callable, so this package never imports the serving layer).
 
 Every evaluation is an MLflow run (``promote-eval``) and tags on the challenger version (``gate.*``); the alias
-move itself is recorded by :func:`registry._move_alias`. The final move is a compare-and-set under the registry
+move itself is recorded by :func:`registry.move_alias`. The final move is a compare-and-set under the registry
 lock: if the champion changed while this evaluation ran, the promotion is refused rather than judged against a
 champion that no longer serves.
 """
@@ -12,19 +13,35 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
 
 from . import registry
-from .config import PipelineConfig
+from .config import PipelineConfig, dataset_schema
 from .evaluation import GateDecision, PairedComparison, offline_gate, paired_bootstrap
+from .pyfunc import load_ranker
 from .registry import CHALLENGER, CHAMPION, RegistryError
 from .workspace import Workspace
 
 
 class PromotionRefused(RegistryError):
     """The gate failed (the message lists why); ``--force`` overrides."""
+
+
+@dataclass
+class OnlineVerdict:
+    """What an online gate found."""
+
+    passed: bool
+    reasons: list[str]  # why it did not pass (empty when passed)
+    run_id: str | None = None  # MLflow run of the online test
+    detail: Any = None  # what the gate wants printed (e.g. serving's AbResult)
+
+
+# (cfg, version, progress) -> verdict; called with ``challenger`` already pointing at ``version``.
+OnlineGate = Callable[[PipelineConfig, str, Callable[[str], None]], OnlineVerdict]
 
 
 @dataclass
@@ -36,7 +53,7 @@ class PromotionOutcome:
     offline: GateDecision
     promoted: bool
     eval_run_id: str
-    ab: object | None = None  # serving.abtest.AbResult when require_ab
+    online: OnlineVerdict | None = None  # with an online gate
     reasons: list[str] = field(default_factory=list)
 
 
@@ -58,7 +75,7 @@ def compare_versions(model_name: str, champion: str, challenger: str, holdout: p
                      columns: tuple[str, ...], resamples: int, seed: int) -> PairedComparison:
     """Score the same rows with both versions (each applies its own preprocessing) and bootstrap the deltas."""
     features = holdout[list(columns)]
-    scores = {v: registry.load_ranker(model_name, v).score(features) for v in (champion, challenger)}
+    scores = {v: load_ranker(model_name, v).score(features) for v in (champion, challenger)}
     return paired_bootstrap(holdout[label].to_numpy(), scores[champion], scores[challenger], resamples, seed)
 
 
@@ -81,19 +98,17 @@ def _log_evaluation(model_name: str, champion: str, challenger: str, data: Path,
     return run.info.run_id
 
 
-def gated_promote(cfg: PipelineConfig, version: str, *, force: bool = False, require_ab: bool = False,
-                  data: Path | None = None, reason: str = "gated promotion", ab_spec=None,
+def gated_promote(cfg: PipelineConfig, version: str, *, force: bool = False, online_gate: OnlineGate | None = None,
+                  data: Path | None = None, reason: str = "gated promotion",
                   progress: Callable[[str], None] = print) -> PromotionOutcome:
     """Evaluate ``version`` against the current champion and move ``champion`` to it when the gates pass (or
-    ``force``). Raises :class:`PromotionRefused` when they fail. Tracking must be set up by the caller."""
-    from .config import dataset_schema
-
+    ``force``). The ``online_gate`` runs when the offline gate passed (or ``force``). Raises
+    :class:`PromotionRefused` when a gate fails. Tracking must be set up by the caller."""
     schema = dataset_schema(cfg)
-
     ws = Workspace.resolve(cfg.workspace)
     name, version = cfg.registry.model_name, str(version)
     client = mlflow.MlflowClient()
-    registry._check_version_exists(client, name, version)
+    registry.check_version_exists(client, name, version)
     champion = registry.resolve_alias(name, CHAMPION)
     if champion == version:
         raise RegistryError(f"{name} v{version} is already the champion")
@@ -107,17 +122,11 @@ def gated_promote(cfg: PipelineConfig, version: str, *, force: bool = False, req
     run_id = _log_evaluation(name, champion, version, data, cmp, decision, cfg)
     outcome = PromotionOutcome(model_name=name, champion_before=champion, challenger=version, comparison=cmp,
                                offline=decision, promoted=False, eval_run_id=run_id, reasons=list(decision.reasons))
-    if require_ab and (decision.passed or force):
-        outcome.ab = _online_gate(cfg, version, ab_spec, progress)
-        analysis = outcome.ab.analysis
-        client.set_model_version_tag(name, version, "gate.ab_run_id", outcome.ab.run_id or "")
-        client.set_model_version_tag(name, version, "gate.ab_passed", str(analysis.treatment_wins))
-        if analysis.srm.mismatch:
-            outcome.reasons.append(f"A/B sample-ratio mismatch (p = {analysis.srm.p_value:.2e}): the test is invalid")
-        elif not analysis.treatment_wins:
-            lift = analysis.lift
-            outcome.reasons.append("A/B test does not favour the challenger" + (
-                f": lift {lift.absolute_lift:+.4f}, p = {lift.p_value:.2e}" if lift else ": an arm got no traffic"))
+    if online_gate is not None and (decision.passed or force):
+        outcome.online = _run_online_gate(cfg, version, online_gate, progress)
+        client.set_model_version_tag(name, version, "gate.ab_run_id", outcome.online.run_id or "")
+        client.set_model_version_tag(name, version, "gate.ab_passed", str(outcome.online.passed))
+        outcome.reasons.extend(outcome.online.reasons)
     if outcome.reasons and not force:
         raise PromotionRefused(f"promotion of {name} v{version} refused:\n  - " + "\n  - ".join(outcome.reasons)
                                + "\n(use --force to promote anyway)")
@@ -127,15 +136,15 @@ def gated_promote(cfg: PipelineConfig, version: str, *, force: bool = False, req
     return outcome
 
 
-def _online_gate(cfg: PipelineConfig, version: str, ab_spec, progress):
-    """Point ``challenger`` at ``version`` (recorded), serve champion vs challenger, simulate, stop."""
-    from mixrec.serving.abtest import SimulationSpec, simulate_served
-
+def _run_online_gate(cfg: PipelineConfig, version: str, online_gate: OnlineGate,
+                     progress: Callable[[str], None]) -> OnlineVerdict:
+    """Check that the served arms include champion and challenger, point ``challenger`` at ``version``
+    (recorded), then run the gate."""
     name = cfg.registry.model_name
-    if registry._alias_version(mlflow.MlflowClient(), name, CHALLENGER) != version:
-        registry._move_alias(mlflow.MlflowClient(), name, CHALLENGER, version, reason="online A/B gate of a promotion")
     arms = dict(cfg.serve.arms)
     if CHAMPION not in arms or CHALLENGER not in arms:
         raise RegistryError(f"--require-ab needs serve.arms with {CHAMPION!r} and {CHALLENGER!r}, got {arms}")
-    progress(f"online gate: serving champion and challenger v{version}, simulating users")
-    return simulate_served(cfg, ab_spec or SimulationSpec(), progress)
+    client = mlflow.MlflowClient()
+    if registry.alias_version(client, name, CHALLENGER) != version:
+        registry.move_alias(client, name, CHALLENGER, version, reason="online A/B gate of a promotion")
+    return online_gate(cfg, version, progress)

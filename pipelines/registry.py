@@ -1,30 +1,28 @@
-"""MLflow tracking and the model registry (aliases, never the deprecated stages).
+"""MLflow tracking and the model registry's aliases (never the deprecated stages).
 
-The registered model is an MLflow pyfunc whose artifact is the checkpoint directory (weights, model spec,
-preprocessing artifact): it takes *raw* feature rows and returns click probabilities, so whoever loads it
-(the Ray Serve ranker, a batch job, ``mlflow models serve``) applies exactly the training preprocessing.
+The public alias API: :func:`move_alias` (recorded: version tags and an append-only alias log),
+:func:`alias_version`, :func:`resolve_alias`, :func:`check_version_exists`, :func:`describe_version`,
+:func:`promote` (compare-and-set), :func:`rollback`, :func:`alias_log`. Every move runs under the registry lock
+(:func:`registry_lock`), a file lock beside the sqlite database. The registered model itself is
+:mod:`.pyfunc`; its lineage tags are :mod:`.lineage`.
 """
 
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
-import pandas as pd
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+ALIAS_LOG_PREFIX = "alias_log."
+LOCK_TIMEOUT_S = 120
 
 
 class RegistryError(RuntimeError):
@@ -58,87 +56,11 @@ def setup_tracking(configured_uri: str | None, experiment: str, workspace) -> st
     return tracking_uri
 
 
-class MixrecRanker(mlflow.pyfunc.PythonModel):
-    """Raw feature rows (a DataFrame with the schema's model columns) -> click probabilities."""
-
-    def load_context(self, context):
-        from .checkpoint import load_checkpoint
-
-        self.model, self.preprocessor, self.spec = load_checkpoint(Path(context.artifacts["checkpoint"]))
-
-    def score(self, frame: pd.DataFrame) -> np.ndarray:
-        import torch
-
-        features = self.preprocessor.transform(frame)
-        with torch.no_grad():
-            logits = self.model(torch.from_numpy(features["categorical"]), torch.from_numpy(features["dense"]))
-        return torch.sigmoid(logits).numpy()
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        return self.score(model_input)
-
-
-def _pip_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"mixrec=={version('mixrec')}", f"torch=={version('torch').split('+')[0]}",
-            f"mlflow=={version('mlflow')}", f"pandas=={version('pandas')}"]
-
-
-@dataclass
-class RegisteredVersion:
-    name: str
-    version: str
-    aliases: list[str]
-    run_id: str
-
-
-def log_and_register(checkpoint_dir: Path, input_example: pd.DataFrame, model_name: str,
-                     tags: dict[str, str] | None = None) -> RegisteredVersion:
-    """Log the checkpoint as a pyfunc model in the active run, register a new version, alias it
-    ``challenger``, and ``champion`` too when the model has no champion yet."""
-    from mlflow.models import infer_signature
-
-    run = mlflow.active_run()
-    if run is None:
-        raise RegistryError("log_and_register needs an active MLflow run")
-    ranker = MixrecRanker()
-    ranker.load_context(type("Ctx", (), {"artifacts": {"checkpoint": str(checkpoint_dir)}})())
-    signature = infer_signature(input_example, ranker.score(input_example))
-    with tempfile.TemporaryDirectory() as tmp:
-        # Only what the model needs: not the optimizer state of the training checkpoint.
-        artifact = Path(tmp) / "checkpoint"
-        artifact.mkdir()
-        for name in ("model.pt", "model.json", "preprocessing.json"):
-            shutil.copy2(Path(checkpoint_dir) / name, artifact / name)
-        info = mlflow.pyfunc.log_model(name="model", python_model=ranker, artifacts={"checkpoint": str(artifact)},
-                                       signature=signature, input_example=input_example,
-                                       pip_requirements=_pip_requirements())
-    client = mlflow.MlflowClient()
-    mv = mlflow.register_model(info.model_uri, model_name, tags=tags or {})
-    version = str(mv.version)
-    with registry_lock():  # two first registrations at once: only one becomes champion
-        _move_alias(client, model_name, CHALLENGER, version, reason="new version registered")
-        if _alias_version(client, model_name, CHAMPION) is None:
-            _move_alias(client, model_name, CHAMPION, version, reason="first version of the model")
-    return describe_version(model_name, version)
-
-
-def _alias_version(client, name: str, alias: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        return None
-
-
-ALIAS_LOG_PREFIX = "alias_log."
-LOCK_TIMEOUT_S = 120
-
-
+# --- the registry lock ----------------------------------------------------------------------------------
 def registry_lock_path(tracking_uri: str, fallback_dir: Path) -> Path:
     """The lock file that serialises alias moves: next to the sqlite database for ``sqlite:///`` URIs, else in
     ``fallback_dir`` (a server-backed registry: the lock then only serialises moves from this host, and the
-    compare-and-set re-read in :func:`_move_alias` detects a race with another host)."""
+    compare-and-set re-read in :func:`move_alias` detects a race with another host)."""
     if tracking_uri.startswith("sqlite:///"):
         return Path(tracking_uri.removeprefix("sqlite:///") + ".lock")
     return Path(fallback_dir) / "registry.lock"
@@ -172,20 +94,37 @@ def registry_lock() -> Iterator[None]:
         yield
 
 
+# --- aliases ----------------------------------------------------------------------------------------------
+@dataclass
+class RegisteredVersion:
+    name: str
+    version: str
+    aliases: list[str]
+    run_id: str
+
+
+def alias_version(client, name: str, alias: str) -> str | None:
+    """The version ``alias`` points at; None when the model has no such alias."""
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
 def alias_log(client, name: str) -> list[dict]:
     """Every alias move of the model, oldest first (registered-model tags ``alias_log.000001`` ...)."""
     tags = client.get_registered_model(name).tags
     return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(ALIAS_LOG_PREFIX))]
 
 
-def _move_alias(client, name: str, alias: str, version: str, reason: str) -> None:
+def move_alias(client, name: str, alias: str, version: str, reason: str) -> None:
     """Point ``alias`` at ``version`` and record who moved it, when, why, and from where: as version tags
     (``alias.<alias>.*``, latest move) and as one entry of the model's append-only alias log.
 
     Runs under the registry lock, so the read of the previous version, the move and the log entry are one
     step for every process on this host; the re-read afterwards catches a writer that ignores the lock."""
     with registry_lock():
-        previous = _alias_version(client, name, alias)
+        previous = alias_version(client, name, alias)
         client.set_registered_model_alias(name, alias, version)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         user = getpass.getuser()
@@ -197,7 +136,7 @@ def _move_alias(client, name: str, alias: str, version: str, reason: str) -> Non
         entry = {"seq": seq, "alias": alias, "version": version, "previous": previous, "by": user, "at": stamp,
                  "reason": reason[:1000]}
         client.set_registered_model_tag(name, f"{ALIAS_LOG_PREFIX}{seq:06d}", json.dumps(entry))
-        now = _alias_version(client, name, alias)
+        now = alias_version(client, name, alias)
         if now != version:
             raise RegistryError(f"concurrent alias move: {alias!r} of {name!r} points at v{now} right after this "
                                 f"process set it to v{version}; re-check the alias log before retrying")
@@ -218,17 +157,18 @@ def promote(model_name: str, version: str, reason: str = "manual promotion",
     ``expected_champion``: compare-and-set; refuse when the champion is no longer that version (another
     promotion won the race while this one was being evaluated)."""
     client = mlflow.MlflowClient()
-    _check_version_exists(client, model_name, str(version))
+    check_version_exists(client, model_name, str(version))
     with registry_lock():
-        current = _alias_version(client, model_name, CHAMPION)
+        current = alias_version(client, model_name, CHAMPION)
         if expected_champion is not None and current != str(expected_champion):
             raise RegistryError(f"champion of {model_name!r} moved from v{expected_champion} to v{current} while "
                                 f"v{version} was being evaluated; evaluate again against the new champion")
-        _move_alias(client, model_name, CHAMPION, str(version), reason=reason)
+        move_alias(client, model_name, CHAMPION, str(version), reason=reason)
     return describe_version(model_name, str(version))
 
 
-def _check_version_exists(client, model_name: str, version: str) -> None:
+def check_version_exists(client, model_name: str, version: str) -> None:
+    """Raise :class:`RegistryError` (listing the versions there are) when ``version`` is not registered."""
     try:
         client.get_model_version(model_name, version)
     except mlflow.exceptions.MlflowException:
@@ -244,61 +184,30 @@ def rollback(model_name: str, reason: str = "rollback") -> RegisteredVersion:
     ``alias.champion.previous`` tag). A second rollback swaps back: the log keeps every move."""
     client = mlflow.MlflowClient()
     with registry_lock():
-        current = _alias_version(client, model_name, CHAMPION)
+        current = alias_version(client, model_name, CHAMPION)
         if current is None:
             raise RegistryError(f"model {model_name!r} has no champion to roll back")
         previous = client.get_model_version(model_name, current).tags.get(f"alias.{CHAMPION}.previous", "")
         if not previous:
             raise RegistryError(f"champion v{current} of {model_name!r} has no previous champion to restore")
-        _move_alias(client, model_name, CHAMPION, previous, reason=f"{reason} (from v{current})")
+        move_alias(client, model_name, CHAMPION, previous, reason=f"{reason} (from v{current})")
     return describe_version(model_name, previous)
 
 
 def resolve_alias(model_name: str, alias: str) -> str:
-    version = _alias_version(mlflow.MlflowClient(), model_name, alias)
+    version = alias_version(mlflow.MlflowClient(), model_name, alias)
     if version is None:
         raise RegistryError(f"model {model_name!r} has no version with alias {alias!r}")
     return version
 
 
-def load_ranker(model_name: str, version: str) -> MixrecRanker:
-    """Load a registered version as the :class:`MixrecRanker` (for the fast in-process path)."""
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
-    return pyfunc.unwrap_python_model()
 
 
-# --- lineage -----------------------------------------------------------------------------------------------
-def file_digest(paths: list[Path]) -> str:
-    """sha256 over the bytes of ``paths`` in the given order (the dataset's Parquet sources)."""
-    h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+def __getattr__(name: str):
+    # Versions registered before the pyfunc had a module of its own pickled their ranker class as
+    # ``mixrec.pipelines.registry.MixrecRanker``: they keep loading.
+    if name == "MixrecRanker":
+        from .pyfunc import MixrecRanker
 
-
-def schema_digest(schema) -> str:
-    """sha256 of the dataset schema (columns, kinds, sources) as canonical JSON."""
-    return hashlib.sha256(json.dumps(asdict(schema), sort_keys=True).encode()).hexdigest()
-
-
-def git_commit(directory: Path) -> str | None:
-    """HEAD of the git checkout holding ``directory`` (an installed wheel has none: None)."""
-    try:
-        out = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def lineage_tags(sources: list[Path], schema, feature_service: str, config: dict) -> dict[str, str]:
-    """The tags every registered version carries: what data, which schema and features, which code, which config."""
-    tags = {"lineage.dataset_sha256": file_digest(sources), "lineage.schema_sha256": schema_digest(schema),
-            "lineage.feast_feature_service": feature_service,
-            "lineage.config": json.dumps(config, sort_keys=True, separators=(",", ":"))}
-    commit = git_commit(Path(__file__).parent)
-    if commit:
-        tags["lineage.git_commit"] = commit
-    return tags
+        return MixrecRanker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,222 +6,218 @@ optimizers and schedulers, position) and logs metrics to MLflow. With ``checkpoi
 checkpoints every N steps inside an epoch. A restarted worker group resumes from the latest checkpoint: the
 epoch it was in, skipping the batches already trained on (the shard's order is Ray Data's streaming order, so
 the skipped batches are the same rows only when that order is deterministic; the count is exact either way).
+
+Each worker runs a :class:`TrainWorker`, phase by phase: build (or restore) its state, train one epoch,
+validate, report (checkpoint + metrics), decide on early stopping.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.distributed as dist
 
+from mixrec.models import FeatureLayout, build_model
+from mixrec.models.batch import COLUMN_DTYPES, Batch
+
+from .checkpoint import read_progress, restore_training_state, save_checkpoint, save_training_state
 from .config import TrainConfig
+from .metrics import binary_metrics, predict, user_auc
+from .optim import build_optimizers, build_warmup_schedulers
 from .preprocess import Preprocessor
 
-
-def binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """AUC, logloss and calibration (mean prediction / observed rate)."""
-    from sklearn.metrics import log_loss, roc_auc_score
-
-    probs = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-    observed = float(labels.mean()) if len(labels) else float("nan")
-    auc = float(roc_auc_score(labels, probs)) if 0 < labels.sum() < len(labels) else float("nan")
-    return {"auc": auc, "logloss": float(log_loss(labels, probs, labels=[0, 1])),
-            "calibration": float(probs.mean() / observed) if observed > 0 else float("nan")}
+UNLOGGED_METRICS = ("epoch", "worker_pid", "step", "resumed_from_step")  # positions, not per-epoch history
 
 
-def user_auc(users: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> float:
-    """Impression-weighted mean of per-user AUC over users with both outcomes (UAUC), vectorized:
-    per-user AUC from within-user ranks (Mann-Whitney U)."""
-    import pandas as pd
+@dataclass
+class EarlyStopping:
+    """The best validation AUC so far and the epochs since it last improved; stop after ``patience`` stale
+    epochs (None: never). Every rank sees the same gathered AUC, so all stop at the same epoch."""
 
-    df = pd.DataFrame({"u": users, "y": labels.astype(np.float64), "p": probs})
-    df["rank_pos"] = df.groupby("u")["p"].rank() * df["y"]  # ranks of the positives, ties averaged
-    g = df.groupby("u").agg(n=("y", "size"), pos=("y", "sum"), rank_pos=("rank_pos", "sum"))
-    g = g[(g["pos"] > 0) & (g["pos"] < g["n"])]
-    if g.empty:
-        return float("nan")
-    neg = g["n"] - g["pos"]
-    auc = (g["rank_pos"] - g["pos"] * (g["pos"] + 1) / 2) / (g["pos"] * neg)
-    return float((auc * g["n"]).sum() / g["n"].sum())
+    patience: int | None
+    best_auc: float = -1.0
+    stale_epochs: int = 0
 
+    def update(self, auc: float) -> None:
+        if auc > self.best_auc:
+            self.best_auc, self.stale_epochs = auc, 0
+        else:
+            self.stale_epochs += 1
 
-def _predict(module, shard, batch_size: int, user_column: int | None = None):
-    import torch
-
-    labels, probs, users = [], [], []
-    module.eval()
-    with torch.no_grad():
-        for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=_dtypes()):
-            probs.append(torch.sigmoid(module(batch["categorical"], batch["dense"])).numpy())
-            labels.append(batch["label"].numpy())
-            if user_column is not None:
-                users.append(batch["categorical"][:, user_column].numpy())
-    cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
-    return cat(labels, np.float32), cat(probs, np.float32), cat(users, np.int64)
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.stale_epochs >= self.patience
 
 
-OPTIMIZERS = {"adam": "Adam", "adagrad": "Adagrad", "rmsprop": "RMSprop", "sgd": "SGD"}
-FUSED = {"adam", "adagrad", "sgd"}
+@dataclass
+class EpochStats:
+    steps: int  # batches of the epoch done, skipped ones included
+    resumed_from_step: int  # batches skipped: trained on before a restart
+    loss_sum: float
+    samples: int
+    seconds: float
+
+    @property
+    def train_loss(self) -> float:
+        return self.loss_sum / max(self.steps - self.resumed_from_step, 1)
 
 
-def build_optimizers(model, cfg: dict) -> dict:
-    """Two optimizers, as the papers train them: one for the embedding table (``embedding_*`` settings, e.g.
-    Adagrad) and one for the dense weights (e.g. Adam or RMSProp)."""
-    import torch
+class TrainWorker:
+    """One Ray Train worker's training loop (``cfg``: the loop config :func:`train` builds)."""
 
-    tables = [p for n, p in model.named_parameters() if n.endswith("embedding.table.weight")]
-    dense = [p for n, p in model.named_parameters() if not n.endswith("embedding.table.weight")]
-    def make(name: str, params: list, lr: float):
-        # fused: one kernel over all tensors instead of a loop per parameter (CPU and GPU; not for RMSprop)
-        extra = {"fused": True} if name in FUSED else {}
-        return getattr(torch.optim, OPTIMIZERS[name])(params, lr=lr, weight_decay=cfg["weight_decay"], **extra)
+    def __init__(self, cfg: dict):
+        import mlflow
+        import ray
+        import ray.train
+        import ray.train.torch
 
-    groups = {"dense": make(cfg["optimizer"], dense, cfg["learning_rate"])}
-    if tables:
-        groups["embedding"] = make(cfg["embedding_optimizer"] or cfg["optimizer"], tables,
-                                   cfg["embedding_learning_rate"] or cfg["learning_rate"])
-    return groups
+        self.cfg = cfg
+        torch.set_num_threads(cfg["torch_threads"])
+        torch.manual_seed(cfg["seed"])
+        self.rank = ray.train.get_context().get_world_rank()
+        self.preprocessor = Preprocessor.from_json(cfg["preprocessor"])
+        self.model = build_model(cfg["model_name"], FeatureLayout(**cfg["layout"]), **cfg["model_kwargs"])
+        self.optimizers = build_optimizers(self.model, cfg)
+        self.schedulers = build_warmup_schedulers(self.optimizers, cfg["warmup_steps"])
+        # Position: `start_epoch` with `skip_steps` batches of it done (0: the epoch starts from its beginning).
+        self.start_epoch, self.skip_steps = 0, 0
+        self.early_stopping = EarlyStopping(cfg["early_stopping_patience"])
+        self._restore(ray.train.get_checkpoint())
+        self.ddp_model = ray.train.torch.prepare_model(self.model)  # self.model stays unwrapped: eval, saving
+        self.forward = torch.compile(self.ddp_model) if cfg["compile"] else self.ddp_model
+        self.loss_fn = torch.nn.BCEWithLogitsLoss()
+        self.train_shard = ray.train.get_dataset_shard("train")
+        self.valid_shard = ray.train.get_dataset_shard("valid")
+        self.mlflow = mlflow.MlflowClient(cfg["tracking_uri"]) if self.rank == 0 and cfg.get("mlflow_run_id") else None
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.nodes = self._all_gather(ray.get_runtime_context().get_node_id())
 
+    # --- build / restore -----------------------------------------------------------------------------------
+    def _restore(self, checkpoint) -> None:
+        """Resume from the latest checkpoint of a restarted worker group: weights, optimizers, position."""
+        if not checkpoint:
+            return
+        with checkpoint.as_directory() as d:
+            progress = restore_training_state(Path(d), self.model, self.optimizers, self.schedulers)
+        self.start_epoch, self.skip_steps = progress["next_epoch"], progress["next_step"]
+        self.early_stopping.best_auc = progress["best_auc"]
+        self.early_stopping.stale_epochs = progress["stale_epochs"]
 
-def _dtypes():
-    import torch
+    def _all_gather(self, value) -> list:
+        """``value`` of every rank, in rank order ([value] without a process group)."""
+        if not self.distributed:
+            return [value]
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, value)
+        return gathered
 
-    return {"categorical": torch.int64, "dense": torch.float32, "label": torch.float32}
+    # --- the loop ------------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        for epoch in range(self.start_epoch, self.cfg["epochs"]):
+            stats = self.train_epoch(epoch)
+            self.skip_steps = 0  # only the epoch a restart lands in resumes mid-way
+            valid = self.validate()
+            self.early_stopping.update(valid["auc"])
+            self.report(self.epoch_metrics(epoch, stats, valid), next_epoch=epoch + 1, next_step=0)
+            if self.early_stopping.should_stop:
+                break
+
+    def train_epoch(self, epoch: int) -> EpochStats:
+        """Train on this worker's shard, skipping the batches a restart already trained on; with
+        ``checkpoint_every_steps`` checkpoint every N steps."""
+        self.ddp_model.train()
+        every = self.cfg["checkpoint_every_steps"]
+        stats = EpochStats(steps=0, resumed_from_step=self.skip_steps, loss_sum=0.0, samples=0, seconds=0.0)
+        t0 = time.perf_counter()
+        for columns in self.train_shard.iter_torch_batches(batch_size=self.cfg["batch_size"], dtypes=COLUMN_DTYPES,
+                                                           prefetch_batches=2):
+            if stats.steps < self.skip_steps:  # resuming mid-epoch: trained on before the failure
+                stats.steps += 1
+                continue
+            batch = Batch.from_arrays(columns)
+            stats.loss_sum += self.train_step(batch, epoch, stats.steps)
+            stats.steps += 1
+            stats.samples += len(batch)
+            if every and stats.steps % every == 0:
+                # Not a validation point: valid_auc NaN ranks it below every evaluated checkpoint, while Ray
+                # Train always keeps (and resumes from) the latest checkpoint.
+                self.report({"epoch": epoch, "step": stats.steps, "valid_auc": float("nan"),
+                             "train_loss": stats.train_loss, "worker_pid": os.getpid()},
+                            next_epoch=epoch, next_step=stats.steps)
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+    def train_step(self, batch: Batch, epoch: int, step: int) -> float:
+        """One optimizer step on ``batch``; returns its loss."""
+        bf16 = self.cfg["precision"] == "bf16"
+        with torch.autocast("cuda" if self.cfg["use_gpu"] else "cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = self.forward(batch.categorical, batch.dense)
+            loss = self.loss_fn(logits.float(), batch.labels) + self.model.auxiliary_loss(batch.labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training diverged: loss is {float(loss)} at epoch {epoch}, step {step}")
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in self.optimizers.values():
+            opt.step()
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        return float(loss.detach())
+
+    def validate(self) -> dict[str, float]:
+        """Score the validation shard, gather every rank's predictions, compute the metrics on all of them
+        (``rows``: how many; ``uauc`` with a user column)."""
+        user_column = self.cfg["user_column"]
+        scored = predict(self.model, self.valid_shard, self.cfg["batch_size"] * 4, user_column)
+        gathered = self._all_gather(scored)
+        labels, probs, users = (np.concatenate([g[i] for g in gathered]) for i in range(3))
+        valid = binary_metrics(labels, probs)
+        if user_column is not None:
+            known = users > 0  # id 0 pools every unknown user: no user of its own
+            valid["uauc"] = user_auc(users[known], labels[known], probs[known])
+        valid["rows"] = len(labels)
+        return valid
+
+    def epoch_metrics(self, epoch: int, stats: EpochStats, valid: dict[str, float]) -> dict:
+        return {"epoch": epoch, "step": stats.steps, "resumed_from_step": stats.resumed_from_step,
+                "train_loss": stats.train_loss, "train_samples_per_s": stats.samples / max(stats.seconds, 1e-9),
+                "valid_auc": valid["auc"], "valid_logloss": valid["logloss"],
+                "valid_calibration": valid["calibration"], "valid_uauc": valid.get("uauc", float("nan")),
+                "valid_rows": int(valid["rows"]), "num_nodes": len(set(self.nodes)), "worker_pid": os.getpid()}
+
+    # --- report + checkpoint -------------------------------------------------------------------------------
+    def report(self, metrics: dict, next_epoch: int, next_step: int) -> None:
+        """Every rank reports, as Ray Train requires; rank 0 with the checkpoint (weights, spec, preprocessing,
+        optimizers + schedulers, the position to resume from) and, at an epoch's end, its MLflow metrics."""
+        import ray.train
+
+        if self.rank != 0:
+            ray.train.report(metrics)
+            return
+        epoch_end = next_step == 0
+        if self.mlflow and epoch_end:
+            for key, value in metrics.items():
+                if key not in UNLOGGED_METRICS:
+                    self.mlflow.log_metric(self.cfg["mlflow_run_id"], key, float(value), step=metrics["epoch"])
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(Path(tmp), self.model, self.preprocessor)
+            save_training_state(Path(tmp), self.optimizers, self.schedulers, {
+                "next_epoch": next_epoch, "next_step": next_step, "metrics": metrics,
+                "best_auc": self.early_stopping.best_auc, "stale_epochs": self.early_stopping.stale_epochs})
+            if self.mlflow and epoch_end and self.cfg["log_checkpoints"] == "every_epoch":
+                self.mlflow.log_artifacts(self.cfg["mlflow_run_id"], tmp, f"checkpoints/epoch-{next_epoch - 1:03d}")
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def train_loop_per_worker(cfg: dict) -> None:
     """Runs on every Ray Train worker."""
-    import mlflow
-    import ray
-    import ray.train
-    import ray.train.torch
-    import torch
-    import torch.distributed as dist
-
-    from mixrec.models import FeatureLayout, build_model
-
-    from .checkpoint import save_checkpoint
-
-    torch.set_num_threads(cfg["torch_threads"])
-    torch.manual_seed(cfg["seed"])
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    preprocessor = Preprocessor.from_json(cfg["preprocessor"])
-    layout = FeatureLayout(**cfg["layout"])
-    model = build_model(cfg["model_name"], layout, **cfg["model_kwargs"])
-    optimizers = build_optimizers(model, cfg)
-    warmup = max(1, cfg["warmup_steps"])
-    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
-                  for name, opt in optimizers.items()}
-    # Position: `epoch` with `step` batches of it done (step 0: the epoch starts from its beginning).
-    start_epoch, skip_steps, best_auc, stale_epochs = 0, 0, -1.0, 0
-    resume = ray.train.get_checkpoint()
-    if resume:
-        with resume.as_directory() as d:
-            model.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True))
-            states = torch.load(Path(d) / "optimizer.pt", map_location="cpu", weights_only=True)
-            for name, opt in optimizers.items():
-                opt.load_state_dict(states[name])
-                schedulers[name].load_state_dict(states[f"{name}_scheduler"])
-            progress = json.loads((Path(d) / "progress.json").read_text())
-        start_epoch, skip_steps = progress["next_epoch"], progress["next_step"]
-        best_auc, stale_epochs = progress["best_auc"], progress["stale_epochs"]
-    ddp_model = ray.train.torch.prepare_model(model)
-    module = model  # unwrapped, for evaluation and saving
-    device_type = "cuda" if cfg["use_gpu"] else "cpu"
-    autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16")  # noqa: E731
-    forward = torch.compile(ddp_model) if cfg["compile"] else ddp_model
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    train_shard = ray.train.get_dataset_shard("train")
-    valid_shard = ray.train.get_dataset_shard("valid")
-    client = mlflow.MlflowClient(cfg["tracking_uri"]) if rank == 0 and cfg.get("mlflow_run_id") else None
-    distributed = dist.is_available() and dist.is_initialized()
-    nodes = [ray.get_runtime_context().get_node_id()]
-    if distributed:
-        nodes = [None] * dist.get_world_size()
-        dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
-
-    def save_and_report(metrics: dict, next_epoch: int, next_step: int) -> None:
-        """Rank 0 writes the checkpoint (weights, spec, preprocessing, optimizers + schedulers, position);
-        every rank reports, as Ray Train requires."""
-        if rank != 0:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(Path(tmp), module, preprocessor)
-            torch.save({**{name: opt.state_dict() for name, opt in optimizers.items()},
-                        **{f"{name}_scheduler": sch.state_dict() for name, sch in schedulers.items()}},
-                       Path(tmp) / "optimizer.pt")
-            (Path(tmp) / "progress.json").write_text(json.dumps(
-                {"next_epoch": next_epoch, "next_step": next_step, "metrics": metrics,
-                 "best_auc": best_auc, "stale_epochs": stale_epochs}))
-            if client and next_step == 0 and cfg["log_checkpoints"] == "every_epoch":
-                client.log_artifacts(cfg["mlflow_run_id"], tmp, f"checkpoints/epoch-{next_epoch - 1:03d}")
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-    every = cfg["checkpoint_every_steps"]
-    for epoch in range(start_epoch, cfg["epochs"]):
-        ddp_model.train()
-        t0, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
-        batches = train_shard.iter_torch_batches(batch_size=cfg["batch_size"], dtypes=_dtypes(), prefetch_batches=2)
-        for batch in batches:
-            if steps < skip_steps:  # resuming mid-epoch: these batches were trained on before the failure
-                steps += 1
-                continue
-            with autocast():
-                logits = forward(batch["categorical"], batch["dense"])
-                loss = loss_fn(logits.float(), batch["label"]) + module.auxiliary_loss(batch["label"])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training diverged: loss is {float(loss)} at epoch {epoch}, step {steps}")
-            for opt in optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers.values():
-                opt.step()
-            for scheduler in schedulers.values():
-                scheduler.step()
-            loss_sum += float(loss.detach())
-            steps += 1
-            seen += len(batch["label"])
-            if every and steps % every == 0:
-                # Not a validation point: valid_auc NaN ranks it below every evaluated checkpoint, while Ray
-                # Train always keeps (and resumes from) the latest checkpoint.
-                save_and_report({"epoch": epoch, "step": steps, "valid_auc": float("nan"),
-                                 "train_loss": loss_sum / max(steps - skip_steps, 1), "worker_pid": os.getpid()},
-                                next_epoch=epoch, next_step=steps)
-        resumed_from_step, skip_steps = skip_steps, 0
-        train_seconds = time.perf_counter() - t0
-        labels, probs, users = _predict(module, valid_shard, cfg["batch_size"] * 4, cfg["user_column"])
-        if distributed:
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, (labels, probs, users))
-            labels, probs, users = (np.concatenate([g[i] for g in gathered]) for i in range(3))
-        valid = binary_metrics(labels, probs)
-        if cfg["user_column"] is not None:
-            known = users > 0  # id 0 pools every unknown user: no user of its own
-            valid["uauc"] = user_auc(users[known], labels[known], probs[known])
-        improved = valid["auc"] > best_auc
-        best_auc, stale_epochs = (valid["auc"], 0) if improved else (best_auc, stale_epochs + 1)
-        metrics = {"epoch": epoch, "step": steps, "resumed_from_step": resumed_from_step,
-                   "train_loss": loss_sum / max(steps - resumed_from_step, 1),
-                   "train_samples_per_s": seen / max(train_seconds, 1e-9),
-                   "valid_auc": valid["auc"], "valid_logloss": valid["logloss"],
-                   "valid_calibration": valid["calibration"], "valid_uauc": valid.get("uauc", float("nan")),
-                   "valid_rows": int(len(labels)),
-                   "num_nodes": len(set(nodes)), "worker_pid": os.getpid()}
-        if client:
-            for key, value in metrics.items():
-                if key not in ("epoch", "worker_pid", "step", "resumed_from_step"):
-                    client.log_metric(cfg["mlflow_run_id"], key, float(value), step=epoch)
-        save_and_report(metrics, next_epoch=epoch + 1, next_step=0)
-        patience = cfg["early_stopping_patience"]
-        if patience is not None and stale_epochs >= patience:
-            break  # every rank sees the same gathered validation AUC, so all stop at the same epoch
+    TrainWorker(cfg).fit()
 
 
 @dataclass
@@ -237,12 +233,8 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
           callbacks: list | None = None, user_key: str = "user_id", max_failures: int = 1) -> TrainOutcome:
     """Fit with Ray Train; a failed worker group is restarted once and resumes from the latest checkpoint.
     ``callbacks``: Ray Train ``UserCallback``s (run on the controller)."""
-    from dataclasses import asdict
-
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from mixrec.models import build_model
 
     layout = preprocessor.layout()
     build_model(model_name, layout, **model_kwargs)  # fail fast on a bad model config, before any worker starts
@@ -278,6 +270,6 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
     if best is None:
         raise RuntimeError(f"training produced no checkpoint: {result.error}")
     checkpoint_dir = Path(best.path)
-    progress = json.loads((checkpoint_dir / "progress.json").read_text())
+    progress = read_progress(checkpoint_dir)
     return TrainOutcome(checkpoint_dir=checkpoint_dir, metrics=progress["metrics"], seconds=seconds,
                         last_metrics=dict(result.metrics or progress["metrics"]))

@@ -62,10 +62,24 @@ class Workspace:
         """Preprocessed splits (``train``/``valid``/``test``: categorical ids, dense values, label) as Parquet."""
         return self.root / "prepared"
 
+    def prepared_split(self, split: str) -> Path:
+        """One preprocessed split's Parquet folder."""
+        return self.prepared_dir / split
+
     # --- pipeline state -------------------------------------------------------------------------------
     @property
     def quarantine_dir(self) -> Path:
         return self.root / "quarantine"
+
+    @property
+    def feast_dropped_path(self) -> Path:
+        """Event rows the point-in-time join dropped (no feature row within the TTL), with the reason."""
+        return self.quarantine_dir / "feast_dropped.parquet"
+
+    @property
+    def validation_quarantine_path(self) -> Path:
+        """Rows that failed row-level validation, with the expectations they failed."""
+        return self.quarantine_dir / "validation.parquet"
 
     @property
     def artifacts_dir(self) -> Path:
@@ -76,6 +90,16 @@ class Workspace:
     def holdout_path(self) -> Path:
         """Raw test-split rows (model columns + label) of the latest run: the promotion gate's held-out data."""
         return self.artifacts_dir / "holdout_test.parquet"
+
+    @property
+    def validation_report_path(self) -> Path:
+        """Row- and dataset-level validation report of the latest run (JSON; also logged to MLflow)."""
+        return self.artifacts_dir / "validation_report.json"
+
+    @property
+    def last_run_path(self) -> Path:
+        """The latest run's MLflow run id, registered version, row counts and step times (JSON)."""
+        return self.artifacts_dir / "last_run.json"
 
     @property
     def abtest_dir(self) -> Path:

@@ -115,7 +115,8 @@ def run_study(study: StudyConfig, resume: bool = False, progress=print) -> dict:
     from ray import tune
 
     from mixrec.models import build_model
-    from mixrec.pipelines.pipeline import StepTimer, prepare_data
+    from mixrec.pipelines.prepare import prepare_data
+    from mixrec.pipelines.progress import StepTimer
     from mixrec.pipelines.registry import setup_tracking
     from mixrec.pipelines.workspace import Workspace
 

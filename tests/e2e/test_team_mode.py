@@ -96,7 +96,7 @@ def test_pipeline_and_serving_on_postgres_and_redis(ray_session, team):
     import redis
 
     from mixrec.pipelines.config import parse_config
-    from mixrec.pipelines.pipeline import run_pipeline
+    from mixrec.pipelines.run import run_pipeline
     from mixrec.serving.server import start_serving, stop_serving
 
     cfg = parse_config({

@@ -20,8 +20,10 @@ from mixrec.features import feast_repo
 from mixrec.features.synthetic import generate
 from mixrec.pipelines.checkpoint import load_checkpoint
 from mixrec.pipelines.config import TrainConfig, parse_config
-from mixrec.pipelines.pipeline import StepTimer, evaluate_checkpoint, prepare_data
-from mixrec.pipelines.registry import MixrecRanker
+from mixrec.pipelines.prepare import prepare_data
+from mixrec.pipelines.progress import StepTimer
+from mixrec.pipelines.pyfunc import MixrecRanker
+from mixrec.pipelines.run import evaluate_checkpoint
 from mixrec.pipelines.train import train
 from mixrec.pipelines.workspace import Workspace
 
@@ -189,7 +191,7 @@ def test_the_dataset_trains_registers_and_serves_over_http(shop, tmp_path, free_
     context (a multi-hot one as its delimited string), through the registered model's preprocessing."""
     import httpx
 
-    from mixrec.pipelines.pipeline import run_pipeline
+    from mixrec.pipelines.run import run_pipeline
     from mixrec.serving.server import start_serving, stop_serving
 
     t, ws, _ = shop

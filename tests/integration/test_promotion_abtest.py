@@ -28,9 +28,9 @@ from mixrec.features.schema import SYNTHETIC_SCHEMA as schema
 from mixrec.pipelines import registry
 from mixrec.cli import app
 from mixrec.pipelines.config import parse_config
-from mixrec.pipelines.pipeline import run_pipeline
 from mixrec.pipelines.promotion import PromotionRefused, gated_promote
 from mixrec.pipelines.registry import CHALLENGER, CHAMPION
+from mixrec.pipelines.run import run_pipeline
 from mixrec.serving.abtest import (
     SimulationSpec,
     analyse,

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mixrec.pipelines.config import load_config, parse_config
-from mixrec.pipelines.pipeline import run_pipeline
+from mixrec.pipelines.run import run_pipeline
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # beside the repository, never in it
 

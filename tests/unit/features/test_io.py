@@ -70,3 +70,18 @@ def test_the_streaming_writer_raises_when_a_table_does_not_cast(tmp_path):
         sink.write(pa.table({"a": [1]}))
         sink.write(pa.table({"a": ["not a number"]}))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_replaces_a_file_or_folder_only_when_the_block_succeeds(tmp_path):
+    path = tmp_path / "out" / "state.json"
+    write_json_atomic({"a": 1}, path)
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("writer failed")
+    assert path.read_text() == '{\n  "a": 1\n}' and sorted(path.parent.iterdir()) == [path]
+    folder = tmp_path / "shards"
+    for n in (1, 2):
+        with atomic_path(folder) as tmp:
+            tmp.mkdir()
+            (tmp / f"part-{n}").write_text(str(n))
+    assert [p.name for p in folder.iterdir()] == ["part-2"] and sorted(tmp_path.iterdir()) == [tmp_path / "out", folder]

@@ -203,7 +203,7 @@ def test_checkpoint_round_trips_bag_sizes(tmp_path):
 
 
 def test_unseen_rate_counts_rows_with_no_known_value():
-    from mixrec.pipelines.validate import _split_aggregates
+    from mixrec.pipelines.dataset_checks import _split_aggregates
 
     cat = np.array([[1, 0, 0, 0, 2], [0, 0, 3, 0, 0], [0, 0, 0, 0, 0]])  # fields: 1 column, 3 (a bag), 1
     out = _split_aggregates({"categorical": cat, "label": np.ones(3)}, starts=[0, 1, 4])

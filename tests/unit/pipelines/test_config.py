@@ -68,7 +68,7 @@ def test_env_references_are_expanded_and_unset_ones_named(tmp_path, monkeypatch)
                                           ({"name": "rankmixer", "kwargs": {"d_model": 30, "num_tokens": 4}}, "d_model"),
                                           ({"name": "dnn", "kwargs": {"bogus": 1}}, "bogus")])
 def test_bad_model_config_is_rejected_before_any_work(model, match):
-    from mixrec.pipelines.pipeline import check_model_config
+    from mixrec.pipelines.prepare import check_model_config
 
     with pytest.raises(ConfigError, match=match):
         check_model_config(parse_config({"model": model}))
