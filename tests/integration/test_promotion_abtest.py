@@ -24,9 +24,9 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from mixrec.cli import app
 from mixrec.features.schema import SYNTHETIC_SCHEMA as schema
 from mixrec.pipelines import registry
-from mixrec.cli import app
 from mixrec.pipelines.config import parse_config
 from mixrec.pipelines.promotion import PromotionRefused, gated_promote
 from mixrec.pipelines.registry import CHALLENGER, CHAMPION

@@ -11,6 +11,7 @@ from mixrec.features.io import (
     AtomicParquetWriter,
     atomic_path,
     write_frame_atomic,
+    write_json_atomic,
     write_tables_atomic,
     write_text_atomic,
 )
