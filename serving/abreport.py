@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
@@ -15,8 +14,7 @@ from mixrec.pipelines.config import PipelineConfig
 from mixrec.pipelines.registry import setup_tracking
 from mixrec.pipelines.workspace import Workspace
 
-if TYPE_CHECKING:
-    from .abtest import AbAnalysis, SimulationSpec
+from .abanalysis import AbAnalysis, SimulationSpec
 
 
 def report_markdown(a: AbAnalysis, spec: SimulationSpec) -> str:

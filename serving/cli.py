@@ -15,7 +15,6 @@ from mixrec.pipelines.config import ConfigError
 
 from .client import TOKEN_ENV, RequestFileError, parse_items, rank, read_requests, served_url
 from .splitter import normalize_weights, parse_weights
-from .state import join_recorded_auth_mode
 
 RequestsOpt = Annotated[int, typer.Option(help="simulated requests (one impression each)")]
 RateOpt = Annotated[float, typer.Option(help="requests per second (pacing)")]
@@ -100,7 +99,6 @@ def ab_set_weights(weights: Annotated[list[str], typer.Argument(help="ALIAS=WEIG
     except ValueError as err:
         fail(str(err))
     cfg = cli_config(config, workspace)
-    join_recorded_auth_mode(cfg.workspace)
     from mixrec.pipelines.registry import RegistryError
 
     from .server import set_weights
@@ -116,7 +114,7 @@ def ab_set_weights(weights: Annotated[list[str], typer.Argument(help="ALIAS=WEIG
 def simulation_spec(requests: int, rate: float, concurrency: int, candidates: int, seed: int, sequential: bool,
                     expected_weights: str | None = None):
     """The A/B simulation the options describe; a bad value fails with exit 2."""
-    from .abtest import SimulationSpec
+    from .abanalysis import SimulationSpec
 
     try:
         expected = parse_weights(expected_weights.split(",")) if expected_weights else None

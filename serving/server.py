@@ -2,15 +2,11 @@
 
 Applications are independent: each has its own name and route prefix (``serve.app_name``,
 ``serve.route_prefix``) behind the one HTTP proxy of the Ray instance, and stopping one deletes only it.
-Importing this module imports no Ray (see :func:`join_recorded_ray`).
+Importing this module imports no Ray (see :func:`mixrec.serving.state.join_recorded_ray`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-
-from mixrec.features.io import write_json_atomic
 from mixrec.pipelines.config import ConfigError, PipelineConfig, ServeConfig, dataset_schema, parse_config
 from mixrec.pipelines.registry import RegistryError, resolve_alias, setup_tracking
 from mixrec.pipelines.runtime import QUIET_ENV, init_ray
@@ -18,20 +14,9 @@ from mixrec.pipelines.workspace import Workspace
 
 from .auth import configured_token_digest
 from .resolved import ResolvedServe
+from .state import join_recorded_ray, record_state
 
 APP_NAME = ServeConfig().app_name  # the default application, as KubeRay's serveConfigV2 names it
-
-
-def join_recorded_ray(ws: Workspace) -> str | None:
-    """The Ray address the workspace's server recorded in serve.json (None: none recorded), after taking its
-    Ray auth mode: Ray 2.60 enables token auth on a new local cluster but not in a process that joins it by
-    address, and reads the mode once, when ray is first imported. So call this before anything imports ray."""
-    if not ws.serve_state.exists():
-        return None
-    state = json.loads(ws.serve_state.read_text())
-    if state.get("ray_auth_mode"):
-        os.environ.setdefault("RAY_AUTH_MODE", state["ray_auth_mode"])
-    return state.get("ray_address")
 
 
 def resolve_arms(model_name: str, weights: dict[str, float]) -> tuple[dict[str, str], dict[str, float]]:
@@ -105,20 +90,10 @@ def deploy(cfg: PipelineConfig, ray_address: str | None = None) -> tuple[str, Re
     return f"http://{host}:{port}{cfg.serve.route_prefix}", plan
 
 
-def _record_state(ws: Workspace, url: str, plan: ResolvedServe) -> None:
-    """serve.json: what `mixrec query` and `mixrec ab set-weights` need to find the running app, including the
-    Ray auth mode whoever joins must take (see :func:`join_recorded_ray`)."""
-    import ray
-
-    write_json_atomic({"url": url, "app_name": plan.serve.app_name, "arms": plan.arms, "weights": plan.weights,
-                       "ray_address": ray.get_runtime_context().gcs_address,
-                       "ray_auth_mode": os.environ.get("RAY_AUTH_MODE")}, ws.serve_state)
-
-
 def start_serving(cfg: PipelineConfig, ray_address: str | None = None) -> str:
     """Deploy the A/B application, record it in the workspace's serve.json, and return its base URL."""
     url, plan = deploy(cfg, ray_address)
-    _record_state(Workspace.resolve(cfg.workspace), url, plan)
+    record_state(Workspace.resolve(cfg.workspace), url, plan.serve.app_name, plan.arms, plan.weights)
     return url
 
 
@@ -140,7 +115,7 @@ def set_weights(cfg: PipelineConfig, weights: dict[str, float], ray_address: str
     if missing:
         raise RegistryError(f"model {cfg.registry.model_name!r} has no alias {missing}: cannot route traffic to it")
     url, plan = deploy(updated)
-    _record_state(ws, url, plan)
+    record_state(ws, url, plan.serve.app_name, plan.arms, plan.weights)
     return plan
 
 

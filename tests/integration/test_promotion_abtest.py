@@ -26,19 +26,13 @@ from typer.testing import CliRunner
 
 from mixrec.cli import app
 from mixrec.features.schema import SYNTHETIC_SCHEMA as schema
-from mixrec.pipelines import registry
+from mixrec.pipelines import lineage, registry
 from mixrec.pipelines.config import parse_config
 from mixrec.pipelines.promotion import PromotionRefused, gated_promote
 from mixrec.pipelines.registry import CHALLENGER, CHAMPION
 from mixrec.pipelines.run import run_pipeline
-from mixrec.serving.abtest import (
-    SimulationSpec,
-    analyse,
-    attach_clicks,
-    plan_requests,
-    read_log,
-    simulate_served,
-)
+from mixrec.serving.abanalysis import SimulationSpec, analyse
+from mixrec.serving.abtest import attach_clicks, plan_requests, read_log, simulate_served
 
 pytestmark = pytest.mark.integration
 
@@ -93,16 +87,16 @@ def versions(ray_session, tmp_path_factory, free_port):
 
 def _set_aliases(champion: str, challenger: str) -> None:
     registry.promote(MODEL, champion, reason="test setup")
-    registry._move_alias(mlflow.MlflowClient(), MODEL, CHALLENGER, challenger, reason="test setup")
+    registry.move_alias(mlflow.MlflowClient(), MODEL, CHALLENGER, challenger, reason="test setup")
 
 
 def test_every_version_carries_lineage_tags(versions):
     tags = mlflow.MlflowClient().get_model_version(MODEL, "1").tags
     assert len(tags["lineage.dataset_sha256"]) == 64 and len(tags["lineage.schema_sha256"]) == 64
-    assert tags["lineage.schema_sha256"] == registry.schema_digest(schema)
+    assert tags["lineage.schema_sha256"] == lineage.schema_digest(schema)
     assert tags["lineage.feast_feature_service"] == "ranker_features"
     assert json.loads(tags["lineage.config"]) == json.loads(json.dumps(versions["cfg"].to_dict()))
-    expected_commit = registry.git_commit(Path(registry.__file__).parent)  # None outside a git checkout
+    expected_commit = lineage.git_commit(Path(lineage.__file__).parent)  # None outside a git checkout
     assert tags.get("lineage.git_commit") == expected_commit
 
 

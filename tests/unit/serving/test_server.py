@@ -25,7 +25,7 @@ def test_importing_the_server_imports_no_ray():
 
 
 def test_join_recorded_ray_takes_the_auth_mode_and_returns_the_address(tmp_path, monkeypatch):
-    from mixrec.serving.server import join_recorded_ray
+    from mixrec.serving.state import join_recorded_ray
 
     ws = Workspace(tmp_path)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
@@ -56,7 +56,7 @@ def test_configured_token_digest(monkeypatch):
 
 
 def test_online_gate_reasons():
-    from mixrec.serving.abtest import online_gate_reasons
+    from mixrec.serving.abanalysis import online_gate_reasons
 
     def analysis(mismatch: bool, wins: bool, lift=None):
         return SimpleNamespace(srm=SimpleNamespace(mismatch=mismatch, p_value=1e-6), treatment_wins=wins, lift=lift)
