@@ -31,7 +31,7 @@ class Ranker:
         os.environ.update(plan.env)
         import mlflow
 
-        from mixrec.pipelines.registry import load_ranker
+        from mixrec.pipelines.pyfunc import load_ranker
 
         mlflow.set_tracking_uri(plan.tracking_uri)
         self.arm, self.version = next(iter(plan.arms.items()))

@@ -53,15 +53,3 @@ def _tiny_training_data(ray, num_events: int, seed: int):
 def tiny_training_data():
     """A function: (ray, num_events, seed) -> (preprocessor, {"train", "valid"} prepared Ray Datasets)."""
     return _tiny_training_data
-
-
-def pytest_collection_modifyitems(items):
-    """README-command tests first: each starts its own Ray, so they run before the in-process instance.
-    Tests on the session's shared ``served`` app last: other tests start and shut down Serve themselves
-    (``mixrec promote --require-ab``, the A/B simulator), which would take the shared app down with it."""
-    def order(item) -> int:
-        if "/e2e/" in str(item.path):
-            return 0
-        return 2 if "served" in getattr(item, "fixturenames", ()) else 1
-
-    items.sort(key=order)

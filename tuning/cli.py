@@ -15,7 +15,8 @@ def tune(study: Annotated[Path, typer.Argument(help="study YAML (see configs/stu
          resume: Annotated[bool, typer.Option("--resume", help="continue a stopped study: run only missing points")] = False
          ) -> None:
     """Scaling study: architectures x sizes as Ray Train trials under Ray Tune; power-law fits, plots, ROI pick."""
-    from .study import load_study, run_study
+    from .config import load_study
+    from .study import run_study
 
     try:
         spec = load_study(study)

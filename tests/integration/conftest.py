@@ -29,7 +29,7 @@ def served(ray_session, tmp_path_factory, free_port):
     import httpx
 
     from mixrec.pipelines.config import parse_config
-    from mixrec.pipelines.pipeline import run_pipeline
+    from mixrec.pipelines.run import run_pipeline
     from mixrec.serving.server import start_serving, stop_serving
 
     workspace = tmp_path_factory.mktemp("ws")
@@ -41,4 +41,4 @@ def served(ray_session, tmp_path_factory, free_port):
     client = httpx.Client(base_url=url, timeout=60)
     yield {"first": first, "second": second, "url": url, "client": client, "cfg": cfg}
     client.close()
-    stop_serving()
+    stop_serving(cfg)
