@@ -106,6 +106,10 @@ class Workspace:
         """A/B simulations: one append-only impression log, report and plots per run."""
         return self.root / "abtest"
 
+    def study_dir(self, name: str) -> Path:
+        """Results, fits and plots of the scaling study ``name``."""
+        return self.root / "studies" / name
+
     @property
     def ray_storage(self) -> Path:
         """Ray Train run storage (checkpoints)."""

@@ -121,7 +121,7 @@ def run_study(study: StudyConfig, resume: bool = False, progress=print) -> dict:
     from mixrec.pipelines.workspace import Workspace
 
     ws = Workspace.resolve(study.pipeline.workspace).create()
-    out_dir = ws.root / "studies" / study.name
+    out_dir = ws.study_dir(study.name)
     if out_dir.exists() and not resume and (out_dir / RESULTS).exists():
         raise ConfigError(f"study {study.name!r} already has results in {out_dir}: use --resume, or another name")
     out_dir.mkdir(parents=True, exist_ok=True)
