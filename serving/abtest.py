@@ -38,7 +38,7 @@ from mixrec.pipelines.workspace import Workspace
 from . import abreport, abstats
 
 if TYPE_CHECKING:
-    from mixrec.pipelines.promotion import OnlineVerdict  # the lead's (pipelines/promotion.py)
+    from mixrec.pipelines.promotion import OnlineVerdict
 
 RETRIES_ON_503 = 3
 SIMULATION_APP = "mixrec-abgate"  # the Serve application (and route prefix) simulate_served deploys
