@@ -4,10 +4,10 @@ The row-level suite is derived from the dataset schema plus ranges fitted on the
 present and of the type they have in the training window (e.g. a dense column that arrives as text), label in
 {0, 1}, keys (and fields declared not nullable, multi-hot lists included: an empty list is not null) not null,
 dense values finite and within the fitted range (widened by a margin; lower bound only for log1p counts, whose
-tail is unbounded). The adapters cast every
-column to its schema type at ingest too, and fail there naming the file and column.
-Every row that fails goes to a quarantine Parquet file with the expectation(s) it failed; the
+tail is unbounded). The adapters cast every column to its schema type at ingest too, and fail there naming the
+file and column. Every row that fails goes to a quarantine Parquet file with the expectation(s) it failed; the
 counts reconcile (rows in = accepted + quarantined); above a failure fraction the run stops with a clear error.
+
 Dataset-level checks (on aggregates of the prepared splits) are :mod:`.dataset_checks`.
 """
 
