@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from mixrec.cli import app
 from mixrec.features.schema import SYNTHETIC_SCHEMA as schema
-from mixrec.pipelines import lineage, registry
+from mixrec.pipelines import lineage, pyfunc, registry
 from mixrec.pipelines.config import parse_config
 from mixrec.pipelines.promotion import PromotionRefused, gated_promote
 from mixrec.pipelines.registry import CHALLENGER, CHAMPION
@@ -67,7 +67,7 @@ def _register_copy(source_version: str, tmp_dir, reinit_seed: int | None, why: s
         torch.save(build_model(spec["name"], layout, **spec["kwargs"]).state_dict(), ckpt / "model.pt")
     example = pd.read_parquet(tmp_dir / "holdout.parquet").head(5)[list(schema.model_columns)]
     with mlflow.start_run(run_name=f"register-{why}"):
-        return registry.log_and_register(ckpt, example, MODEL, tags={"test.variant": why}).version
+        return pyfunc.log_and_register(ckpt, example, MODEL, tags={"test.variant": why}).version
 
 
 @pytest.fixture(scope="module")
