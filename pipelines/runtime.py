@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -36,7 +37,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
     """Join ``address`` (or $RAY_ADDRESS) when given, else start a private local instance.
 
     A local instance uses ``address="local"`` so that a `ray start` cluster elsewhere on the host is never
-    joined by accident; its workers get :data:`QUIET_ENV` and :data:`WORKER_ENV`.
+    joined by accident; its workers get :data:`QUIET_ENV` and :data:`WORKER_ENV`, and every one of its
+    listeners (GCS, raylet, object manager, agents, workers) binds loopback (see :func:`_loopback_node`).
     """
     quiet_environment()
     import ray
@@ -49,9 +51,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
         # Inside a Ray Job the job's runtime_env (shipped code, env vars) applies; don't override it.
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
-                 include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
+        with _loopback_node():
+            ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
+                     include_dashboard=False, runtime_env=runtime_env, _node_ip_address="127.0.0.1",
+                     log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -61,3 +64,23 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
     for name in ("ray.data", "ray.train", "ray.tune", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return ray
+
+
+@contextlib.contextmanager
+def _loopback_node():
+    """Let a local instance's node address be 127.0.0.1, so that its servers bind loopback only.
+
+    Ray 2.60 replaces a loopback ``_node_ip_address`` with the host's routable address unless clusters are
+    disabled (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once when ray is imported), and binds GCS, raylet,
+    workers and agents to that node address: with it, 11 listeners were off loopback here; with this, none.
+    The switch only matters while the node starts (afterwards Ray reads the node's own address), so it is
+    restored at once: a later join of a real cluster from this process must advertise a routable address.
+    """
+    from ray._private import ray_constants
+
+    enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = enabled
