@@ -3,6 +3,8 @@
     .venv/bin/python bench/speed.py                       # every model at its `_large` size, CPU fp32
     .venv/bin/python bench/speed.py --models unimixer,tokenmixer_large --size base --batch 512
 
+On a GPU, bench/gpu.py is the fuller run (multi-GPU DDP, ranking latency).
+
 1. Peak: the machine's dense matmul rate (fp32 2048x2048 on CPU, bf16 8192x8192 on a GPU), measured right
    before and right after each model, so that MFU is a ratio of two rates taken under the same load.
 2. Per model: forward+backward+Adam steps on a Criteo-like layout (26 categorical fields, 13 dense);
@@ -48,18 +50,27 @@ def step_throughput(model, batch: int, steps: int, device: str) -> float:
     y = torch.randint(0, 2, (batch,), device=device).float()
     model.to(device).train()
 
+    gpu = device == "cuda"  # the GPU peak is bf16, so the model runs under bf16 autocast there
+
     def one():
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(cat, dense), y) + model.auxiliary_loss()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=gpu):
+            logits = model(cat, dense)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y) + model.auxiliary_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    def clock() -> float:
+        if gpu:
+            torch.cuda.synchronize()  # CUDA work is asynchronous: time the work, not the launches
+        return time.perf_counter()
+
     for _ in range(2):
         one()
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(steps):
         one()
-    return batch * steps / (time.perf_counter() - t0)
+    return batch * steps / (clock() - t0)
 
 
 def ray_train_ratio(model_name: str, kwargs: dict, rows: int, batch: int) -> dict:

@@ -97,7 +97,8 @@ class TrainConfig(_Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="SPREAD/STRICT_SPREAD put the workers on different nodes of a cluster")
     epochs: int = Field(3, ge=1)
-    batch_size: int = Field(512, ge=1)
+    batch_size: int = Field(1024, ge=1, description="global batch: rows per optimizer step over all workers, as the "
+                            "papers quote it; each worker takes batch_size / num_workers")
     learning_rate: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     optimizer: Literal["adam", "adagrad", "rmsprop", "sgd"] = "adam"
@@ -115,6 +116,18 @@ class TrainConfig(_Section):
         None, ge=1, description="also checkpoint every N optimizer steps inside an epoch (model, optimizers, "
         "schedulers, data position), so a failed worker group resumes mid-epoch; default: at epoch ends only")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _batch_splits_over_workers(self):
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"batch_size {self.batch_size} is global and must split evenly over num_workers "
+                             f"{self.num_workers}")
+        return self
+
+    @property
+    def worker_batch_size(self) -> int:
+        """Rows per step on each worker: the global ``batch_size`` split over ``num_workers``."""
+        return self.batch_size // self.num_workers
 
 
 class RegistryConfig(_Section):

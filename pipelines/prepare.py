@@ -97,13 +97,14 @@ def load_sources(cfg: PipelineConfig, ws: Workspace, timer: StepTimer) -> tuple[
 def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_address: str | None = None) -> PreparedData:
     """sources -> Feast (apply, chunked point-in-time retrieval, materialize) -> Ray Data + GX -> preprocess
     -> dataset-level checks. Streaming: the driver holds one retrieval chunk and per-batch partials."""
-    from .runtime import init_ray
+    from .runtime import check_train_fits, init_ray
 
     progress = timer.progress
     schema, info = load_sources(cfg, ws, timer)
 
     with timer.step("ray_init", "start Ray"):
         ray = init_ray(ray_address)  # init_ray imports ray.data too
+        check_train_fits(cfg.train.num_workers, cfg.train.cpus_per_worker, ray.cluster_resources().get("CPU", 0.0))
 
     with timer.step("feast", "Feast: apply the feature repo, point-in-time retrieval, materialize"):
         f = cfg.features

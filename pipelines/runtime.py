@@ -84,3 +84,24 @@ def _loopback_node():
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = enabled
+
+
+# Ray Data reads and transforms with tasks of 1 CPU each (its default): a training run must leave at least that
+# much of the instance free, or the workers wait forever for batches nobody can read.
+DATA_TASK_CPUS = 1.0
+
+
+def check_train_fits(num_workers: int, cpus_per_worker: float, total_cpus: float) -> None:
+    """Refuse, before anything runs, a training request that leaves Ray Data no CPU to read with.
+
+    ``total_cpus``: the instance's CPUs (``ray.cluster_resources()["CPU"]``). Raises ConfigError naming the
+    settings. Without it, ``num_workers: 1, cpus_per_worker: 2`` on 2 CPUs hung silently in the Train step."""
+    from .config import ConfigError
+
+    reserved = num_workers * cpus_per_worker
+    if reserved + DATA_TASK_CPUS > total_cpus:
+        raise ConfigError(
+            f"train.num_workers × train.cpus_per_worker = {num_workers} × {cpus_per_worker:g} = {reserved:g} CPUs "
+            f"leaves {max(total_cpus - reserved, 0):g} of this Ray instance's {total_cpus:g} CPUs free, and Ray "
+            f"Data needs {DATA_TASK_CPUS:g} to feed the workers: lower one of them (at most "
+            f"{max(total_cpus - DATA_TASK_CPUS, 0):g} CPUs in all)")

@@ -31,6 +31,7 @@ from .config import TrainConfig
 from .metrics import binary_metrics, predict, user_auc
 from .optim import build_optimizers, build_warmup_schedulers
 from .preprocess import Preprocessor
+from .runtime import check_train_fits
 
 UNLOGGED_METRICS = ("epoch", "worker_pid", "step", "resumed_from_step")  # positions, not per-epoch history
 
@@ -233,14 +234,16 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
           callbacks: list | None = None, user_key: str = "user_id", max_failures: int = 1) -> TrainOutcome:
     """Fit with Ray Train; a failed worker group is restarted once and resumes from the latest checkpoint.
     ``callbacks``: Ray Train ``UserCallback``s (run on the controller)."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     layout = preprocessor.layout()
     build_model(model_name, layout, **model_kwargs)  # fail fast on a bad model config, before any worker starts
+    check_train_fits(cfg.num_workers, cfg.cpus_per_worker, ray.cluster_resources().get("CPU", 0.0))
     loop_cfg = {
         "model_name": model_name, "model_kwargs": model_kwargs, "layout": asdict(layout),
-        "preprocessor": preprocessor.to_json(), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+        "preprocessor": preprocessor.to_json(), "epochs": cfg.epochs, "batch_size": cfg.worker_batch_size,
         "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "seed": cfg.seed,
         "torch_threads": max(1, int(cfg.cpus_per_worker)), "tracking_uri": tracking_uri,
         "optimizer": cfg.optimizer, "embedding_optimizer": cfg.embedding_optimizer,

@@ -1,5 +1,8 @@
 """Integration fixtures shared across modules: the served A/B app (two tiny pipeline runs) is built once per
-session, because the pipeline runs and the Serve deployment cost most of a minute on a 2-core host."""
+session, because the pipeline runs and the Serve deployment cost most of a minute on a 2-core host.
+
+The app is deleted right after the last collected test that uses it, not at the session's end: its idle
+controller, proxy and five replicas take about half a core of a 2-core host from every later test."""
 
 from __future__ import annotations
 
@@ -13,15 +16,36 @@ def tiny_config(workspace, model: str, port: int) -> dict:
         "workspace": str(workspace),
         "data": {"num_events": 4000, "num_users": 200, "num_items": 100, "days": 4, "seed": 11},
         "model": {"name": model},
-        "train": {"num_workers": 2, "epochs": 1, "batch_size": 256},
+        "train": {"num_workers": 2, "epochs": 1, "batch_size": 512},
         # 2 replicas per ranker: the replica-kill test needs a survivor to serve while Serve replaces the other.
         "serve": {"port": port, "arms": {CHAMPION: 0.5, CHALLENGER: 0.5}, "max_candidates": 50,
                   "ranker_replicas": 2},
     }
 
 
+_LAST_SERVED_USER = pytest.StashKey[str]()
+_STOP_SERVED = pytest.StashKey[object]()
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(config, items):
+    users = [item.nodeid for item in items if "served" in getattr(item, "fixturenames", ())]
+    if users:
+        config.stash[_LAST_SERVED_USER] = users[-1]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    result = yield  # the item's own fixtures are torn down first (some restore the served app)
+    if item.nodeid == item.config.stash.get(_LAST_SERVED_USER, None):
+        stop = item.config.stash.get(_STOP_SERVED, None)
+        if stop is not None:
+            stop()
+    return result
+
+
 @pytest.fixture(scope="session")
-def served(ray_session, tmp_path_factory, free_port):
+def served(ray_session, tmp_path_factory, free_port, pytestconfig):
     """Two pipeline runs (v1 rankmixer -> champion, v2 dnn -> challenger), then the A/B app on a free port.
 
     Session-scoped and shared: a test that changes the deployment (weights, token) restores ``cfg`` before it
@@ -39,6 +63,14 @@ def served(ray_session, tmp_path_factory, free_port):
     second = run_pipeline(cfg, progress=lambda _: None)
     url = start_serving(cfg)
     client = httpx.Client(base_url=url, timeout=60)
+    stopped = []
+
+    def stop():
+        if not stopped:
+            stopped.append(True)
+            client.close()
+            stop_serving(cfg)
+
+    pytestconfig.stash[_STOP_SERVED] = stop
     yield {"first": first, "second": second, "url": url, "client": client, "cfg": cfg}
-    client.close()
-    stop_serving(cfg)
+    stop()

@@ -19,7 +19,7 @@ def test_rank0_logs_epoch_metrics_and_checkpoints(ray_session, tiny_training_dat
     client = mlflow.MlflowClient(uri)
     experiment = client.create_experiment("train-logging", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(experiment).info.run_id
-    cfg = TrainConfig(num_workers=2, epochs=2, batch_size=256, log_checkpoints="every_epoch")
+    cfg = TrainConfig(num_workers=2, epochs=2, batch_size=512, log_checkpoints="every_epoch")
 
     outcome = train(prepared["train"], prepared["valid"], pre, "dnn", {}, cfg, tmp_path / "ray", run_name="logged",
                     tracking_uri=uri, mlflow_run_id=run_id)

@@ -1,6 +1,10 @@
-"""Ray Train fault tolerance: a worker killed by PID at step k of an epoch is replaced, training resumes from
-the step-k checkpoint (same epoch, the k trained batches skipped) and finishes, with validation metrics within
-noise of an uninterrupted run of the same seed."""
+"""Ray Train fault tolerance: a worker killed by PID once the step-k checkpoint of an epoch is reported is
+replaced, training resumes from the last checkpoint reported before the kill (in the same epoch, the trained
+batches skipped) and finishes, with validation metrics within noise of an uninterrupted run of the same seed.
+
+The workers run ahead of the controller (reports are queued), so the old group may report a later checkpoint
+(step k+5, or the epoch's end) before the kill lands: the test asserts the guarantee, "resume from the last
+checkpoint reported before the restart", not a fixed step."""
 
 from __future__ import annotations
 
@@ -24,8 +28,8 @@ def test_worker_killed_mid_epoch_is_replaced_and_training_resumes_from_the_step(
                                                                                tmp_path):
     pre, prepared = tiny_training_data(ray_session, num_events=6000, seed=17)
     data = [prepared["train"], prepared["valid"]]
-    # ~2,400 train rows per worker at batch 128: 19 steps per epoch, a checkpoint every 5.
-    cfg = TrainConfig(num_workers=2, epochs=3, batch_size=128, seed=3, checkpoint_every_steps=5)
+    # ~2,400 train rows per worker at 128 each (global batch 256): 19 steps per epoch, a checkpoint every 5.
+    cfg = TrainConfig(num_workers=2, epochs=3, batch_size=256, seed=3, checkpoint_every_steps=5)
 
     class KillWorkerAtStep(UserCallback):  # defined here: cloudpickle ships it by value
         """Runs on the Train controller: records every report; after the step-k checkpoint of epoch 1 is
@@ -50,8 +54,19 @@ def test_worker_killed_mid_epoch_is_replaced_and_training_resumes_from_the_step(
     assert log["killed"], "the worker was never killed: no step-10 report in epoch 1"
     assert recovered.metrics["epoch"] == clean.metrics["epoch"] == 2
     assert recovered.metrics["worker_pid"] not in log["killed"], "the worker group was not replaced"
-    epoch_ends = [r for r in log["reports"] if r["epoch"] == KILL_EPOCH and r["resumed_from_step"] is not None]
-    assert [r["resumed_from_step"] for r in epoch_ends] == [KILL_STEP], "epoch 1 did not resume from step 10"
+    reports = log["reports"]
+    restart = next(i for i, r in enumerate(reports) if r["worker_pid"] not in log["killed"])
+    last = reports[restart - 1]  # the last checkpoint the old group reported (every report carries one)
+    assert (last["epoch"], last["step"]) >= (KILL_EPOCH, KILL_STEP)
+    resumed = reports[restart:]
+    if last["resumed_from_step"] is None:  # a mid-epoch checkpoint: the epoch resumes after its last step
+        epoch_end = next(r for r in resumed if r["epoch"] == last["epoch"] and r["resumed_from_step"] is not None)
+        assert epoch_end["resumed_from_step"] == last["step"]
+        assert all(r["epoch"] == last["epoch"] and r["step"] > last["step"] for r in resumed
+                   if r["resumed_from_step"] is None and r["epoch"] == last["epoch"])
+    else:  # the epoch's end was checkpointed first: the new group starts the next epoch from its first batch
+        assert resumed[0]["epoch"] == last["epoch"] + 1
+        assert all(r["epoch"] > last["epoch"] for r in resumed)
     assert recovered.metrics["step"] == clean.metrics["step"]  # the same batches per epoch after the restart
     assert abs(recovered.metrics["valid_auc"] - clean.metrics["valid_auc"]) < 0.05
     assert abs(recovered.metrics["valid_logloss"] - clean.metrics["valid_logloss"]) < 0.05

@@ -23,7 +23,7 @@ def prepared(ray_session, tiny_training_data):
                                                    ("tokenmixer_large", "fp32")])
 def test_zoo_model_trains_with_ray_train_and_reloads(prepared, model_name, precision, tmp_path):
     pre, data = prepared
-    cfg = TrainConfig(num_workers=2, epochs=1, batch_size=128, precision=precision, warmup_steps=5,
+    cfg = TrainConfig(num_workers=2, epochs=1, batch_size=256, precision=precision, warmup_steps=5,
                       optimizer="adam", embedding_optimizer="adagrad", embedding_learning_rate=0.02)
     kwargs = {"num_layers": 4} if model_name == "tokenmixer_large" else {}  # 4 blocks: aux towers, which need labels
     outcome = train(data["train"], data["valid"], pre, model_name, kwargs, cfg, tmp_path, run_name=f"zoo-{model_name}")

@@ -72,3 +72,12 @@ def test_bad_model_config_is_rejected_before_any_work(model, match):
 
     with pytest.raises(ConfigError, match=match):
         check_model_config(parse_config({"model": model}))
+
+
+def test_batch_size_is_global_and_splits_over_workers():
+    from mixrec.pipelines.config import TrainConfig
+
+    assert TrainConfig(num_workers=4, batch_size=1024).worker_batch_size == 256
+    assert TrainConfig(num_workers=1, batch_size=1024).worker_batch_size == 1024
+    with pytest.raises(ConfigError, match=r"train: .*batch_size 1000 .*num_workers 3"):
+        parse_config({"train": {"num_workers": 3, "batch_size": 1000}})
