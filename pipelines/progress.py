@@ -15,8 +15,8 @@ Mode = Literal["off", "lines", "bars"]
 
 class Tracker:
     """Progress through ``total`` units of one step. ``advance(n, note)`` moves it; ``line(text)`` prints a line
-    that stays (one per epoch). ``bars``: a rich bar (notes shown beside it); ``lines``: a line at every tenth of
-    the total (every unit when there are at most 10); ``off``: nothing."""
+    that stays (one per epoch or study point). ``bars``: a rich bar (notes shown beside it); ``lines``: a line at
+    every tenth of the total (every unit when there are at most 10); ``off``: no progress, only the lines."""
 
     def __init__(self, progress: Callable[[str], None], what: str, total: int, unit: str, mode: Mode = "lines",
                  console=None):
@@ -46,17 +46,22 @@ class Tracker:
         if self._bar is not None:
             self._bar.stop()
 
-    def advance(self, n: int = 1, note: str = "") -> None:
+    def advance(self, n: int = 1, note: str = "", line: str | None = None) -> None:
+        """Move by ``n``; ``line``: a line that stays (:meth:`line`) and stands for this advance's own line."""
         before, self.done = self.done, self.done + n
+        if line is not None:
+            self.line(line)
         if self.mode == "bars":
             self._bar.update(self._task, advance=n, note=note)
-        elif self.mode == "lines" and (self.total <= 10 or before * 10 // self.total != self.done * 10 // self.total):
+        elif self.mode == "lines" and line is None and (
+                self.total <= 10 or before * 10 // self.total != self.done * 10 // self.total):
             self.progress(f"    {self.what}: {self.done:,}/{self.total:,} {self.unit}" + (f" ({note})" if note else ""))
 
     def line(self, text: str) -> None:
+        """A line that stays (above the bar on a terminal); printed in every mode."""
         if self.mode == "bars":
             self._bar.console.print(f"    {text}", highlight=False)
-        elif self.mode == "lines":
+        else:
             self.progress(f"    {text}")
 
 

@@ -65,8 +65,7 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
             story.log_dataset_inputs(splits, schema.name, which=("train", "valid"))
             with timer.tracker("training", cfg.train.epochs, "epochs") as epochs:
                 def on_epoch(metrics: dict) -> None:
-                    epochs.line(epoch_line(metrics, cfg.train.epochs))
-                    epochs.advance(1, f"valid AUC {metrics['valid_auc']:.4f}")
+                    epochs.advance(1, f"valid AUC {metrics['valid_auc']:.4f}", line=epoch_line(metrics, cfg.train.epochs))
 
                 outcome = train(prepared["train"], prepared["valid"], preprocessor, cfg.model.name, cfg.model.kwargs,
                                 cfg.train, ws.ray_storage, run_name=f"train-{train_run.info.run_id}",

@@ -38,8 +38,10 @@ def mlflow_schema(schema: pa.Schema):
 
     cols = []
     for f in schema:
-        is_list = pa.types.is_list(f.type) or pa.types.is_large_list(f.type)
-        name = _MLFLOW_TYPES.get(str(f.type.value_type if is_list else f.type))
+        # Ray Data writes array columns as its tensor extension type (with Ray imported, it is read back as one).
+        arrow = f.type.storage_type if isinstance(f.type, pa.ExtensionType) else f.type
+        is_list = pa.types.is_list(arrow) or pa.types.is_large_list(arrow) or pa.types.is_fixed_size_list(arrow)
+        name = _MLFLOW_TYPES.get(str(arrow.value_type if is_list else arrow))
         if name is None:
             return None
         dtype = DataType[name]

@@ -18,22 +18,21 @@ def test_lines_mode_prints_each_tenth_once():
     assert len(out) == 10 and out[0] == "    retrieval: 4/40 chunks (500 rows)" and out[-1].startswith("    retrieval: 40/40")
 
 
-def test_few_units_print_every_unit_and_lines_stay():
+def test_few_units_print_every_unit_and_an_advance_line_stands_for_its_own():
     out = []
     with StepTimer(out.append, "lines").tracker("training", 3, "epochs") as t:
-        for epoch in range(3):
-            t.line(f"epoch {epoch + 1}/3")
-            t.advance()
-    assert out == ["    epoch 1/3", "    training: 1/3 epochs", "    epoch 2/3", "    training: 2/3 epochs",
-                   "    epoch 3/3", "    training: 3/3 epochs"]
+        t.advance()
+        for epoch in (2, 3):
+            t.advance(1, line=f"epoch {epoch}/3")
+    assert out == ["    training: 1/3 epochs", "    epoch 2/3", "    epoch 3/3"]
 
 
-def test_off_prints_nothing():
+def test_off_prints_no_progress_only_the_lines():
     out = []
     with StepTimer(out.append).tracker("validation", 1000, "rows") as t:
         t.advance(1000)
-        t.line("epoch 1/1")
-    assert out == []
+        t.line("point 1: finished")
+    assert out == ["    point 1: finished"]
 
 
 def test_bars_mode_keeps_epoch_lines_on_the_console():

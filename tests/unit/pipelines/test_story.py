@@ -37,3 +37,22 @@ def test_description_names_data_metrics_and_gate():
     assert "train 80, valid 10, test 10 rows (of 100 events" in text and "test AUC 0.7123" in text
     assert "(epoch 3)" in text and text.endswith("`mixrec promote 2` runs the offline gate against the champion.")
     assert "champion by default" in registration_gate("1", ["champion", "challenger"])
+
+
+class _Tensor(pa.ExtensionType):
+    """Stands in for Ray Data's tensor extension type (how prepared array columns come back with Ray imported)."""
+
+    def __init__(self):
+        super().__init__(pa.large_list(pa.int64()), "test.tensor")
+
+    def __arrow_ext_serialize__(self):
+        return b""
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type, serialized):
+        return cls()
+
+
+def test_an_extension_type_is_described_by_its_storage():
+    (column,) = json.loads(mlflow_schema(pa.schema([("categorical", _Tensor())])).to_json())
+    assert column["type"] == "array" and column["items"]["type"] == "long"
