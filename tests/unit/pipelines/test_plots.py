@@ -41,3 +41,17 @@ def test_training_curve_puts_aucs_on_the_right_axis():
     assert list(loss_ax.lines[0].get_xdata()) == [0, 1]  # sorted by epoch
     assert [line.get_label() for line in auc_ax.lines] == ["valid_auc"]
     plt.close(fig)
+
+
+def test_roc_points_match_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from mixrec.pipelines.plots import roc_points
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 5000).astype(np.float32)
+    probs = np.round(rng.uniform(size=5000) * 0.5 + labels * 0.2, 2)  # many ties
+    fpr, tpr, auc = roc_points(labels, probs)
+    ref_fpr, ref_tpr, _ = roc_curve(labels, probs, drop_intermediate=False)
+    assert np.allclose(fpr, ref_fpr) and np.allclose(tpr, ref_tpr)
+    assert abs(auc - roc_auc_score(labels, probs)) < 1e-12
