@@ -13,7 +13,6 @@ from mixrec.features import feast_repo
 from mixrec.features.io import write_json_atomic
 
 from .config import PipelineConfig, dataset_schema
-from .metrics import binary_metrics
 from .prepare import check_model_config, prepare_data
 from .progress import Mode, StepTimer
 from .workspace import Workspace
@@ -73,13 +72,15 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
                                 user_key=schema.user_key, on_epoch=None if mode == "off" else on_epoch)
             mlflow.log_artifacts(str(outcome.checkpoint_dir), "best_checkpoint")
             history = story.epoch_history(mlflow.MlflowClient(), train_run.info.run_id)
-            story.log_plots(np.zeros(0), np.zeros(0), history)
+            story.log_plots(history=history)  # the training run: its curve
             progress(f"    best validation AUC {outcome.metrics['valid_auc']:.4f}, logloss {outcome.metrics['valid_logloss']:.4f}")
         # The pipeline run carries the best epoch's summary; the nested run has the per-epoch history.
         mlflow.log_metrics({k: float(outcome.metrics[k]) for k in ("valid_auc", "valid_logloss", "valid_uauc", "num_nodes")
                             if outcome.metrics[k] == outcome.metrics[k]})  # NaN-free
 
         with timer.step("register", "MLflow: evaluate on test, log and register the model"):
+            from .metrics import binary_metrics
+
             labels, probs = score_checkpoint(outcome.checkpoint_dir, prepared["test"])
             test_metrics = binary_metrics(labels, probs)
             mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
@@ -115,4 +116,6 @@ def score_checkpoint(checkpoint_dir: Path, dataset) -> tuple[np.ndarray, np.ndar
 
 def evaluate_checkpoint(checkpoint_dir: Path, dataset) -> dict[str, float]:
     """The test metrics of a checkpoint on a prepared Ray Dataset (see :func:`score_checkpoint`)."""
+    from .metrics import binary_metrics
+
     return binary_metrics(*score_checkpoint(checkpoint_dir, dataset))

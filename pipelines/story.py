@@ -84,16 +84,17 @@ def epoch_history(client, run_id: str, names: tuple[str, ...] = CURVE_METRICS) -
     return {n: [(m.step, m.value) for m in client.get_metric_history(run_id, n)] for n in names}
 
 
-def log_plots(labels: np.ndarray, probs: np.ndarray, history: dict | None = None, prefix: str = "plots") -> list[str]:
-    """ROC and calibration of the test scores (labels, probs: [n]) and, given ``history`` (see
-    :func:`epoch_history`), the training curve, as PNG figures of the active run; returns their artifact paths."""
+def log_plots(labels: np.ndarray | None = None, probs: np.ndarray | None = None, history: dict | None = None,
+              prefix: str = "plots") -> list[str]:
+    """ROC and calibration of the test scores (labels, probs: [n]; both classes needed) and, given ``history``
+    (see :func:`epoch_history`), the training curve, as PNG figures of the active run; returns their paths."""
     import matplotlib.pyplot as plt
     import mlflow
 
     from .plots import calibration_figure, roc_figure, training_curve_figure
 
     figures = {}
-    if len(labels) and 0 < labels.sum() < len(labels):
+    if labels is not None and 0 < labels.sum() < len(labels):
         figures["roc.png"] = roc_figure(labels, probs)
         figures["calibration.png"] = calibration_figure(labels, probs)
     if history and any(history.values()):
