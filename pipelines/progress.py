@@ -123,5 +123,7 @@ def relay(handle: Callable[[Any], None] | None, poll_s: float = 0.2) -> Iterator
         thread.join()
         try:
             drain()
+        except ray.exceptions.RayError:  # never hide the block's own outcome behind the queue's
+            pass
         finally:
             ray.kill(queue.actor)
