@@ -14,7 +14,7 @@ import typer
 
 from mixrec.pipelines import cli as pipelines_cli
 from mixrec.pipelines.config import ConfigError
-from mixrec.pipelines.runtime import quiet_environment
+from mixrec.pipelines.runtime import quiet_environment, set_verbose
 from mixrec.serving import cli as serving_cli
 from mixrec.tuning import cli as tuning_cli
 
@@ -27,6 +27,15 @@ for _category in (FutureWarning, DeprecationWarning, UserWarning):
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mixrec: Feast -> Ray Data + Great Expectations -> Ray Train -> MLflow -> Ray Serve A/B.")
+
+
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", "-v", help="show the stack's own output (Ray, "
+                                          "Feast, Great Expectations, MLflow logs, warnings and progress bars)")) -> None:
+    if verbose:
+        set_verbose()
+
+
 demo.register(app)
 pipelines_cli.register(app)
 promote.register(app)

@@ -18,8 +18,9 @@ AddressOpt = Annotated[str, typer.Option("--address", envvar="RAY_JOBS_ADDRESS",
 def run_and_report(cfg: PipelineConfig, fresh: bool):
     """Run the pipeline with progress on stdout and a one-line summary of what was registered."""
     from .run import run_pipeline
+    from .runtime import progress_mode
 
-    result = run_pipeline(cfg, fresh=fresh, progress=typer.echo)
+    result = run_pipeline(cfg, fresh=fresh, progress=typer.echo, mode=progress_mode())
     typer.echo(f"registered {result.model_name} v{result.version} (aliases: {', '.join(result.aliases) or '-'}); "
                f"test AUC {result.metrics['test_auc']:.4f}, logloss {result.metrics['test_logloss']:.4f}")
     return result

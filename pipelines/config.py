@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mixrec.features.dataset import DatasetError, DatasetSpec, format_validation_errors, load_dataset_spec
 from mixrec.features.schema import SYNTHETIC_SCHEMA, DatasetSchema
 
+# $MLFLOW_TRACKING_URI as this process started, read once before anything sets it (MLflow 3's
+# ``set_tracking_uri`` writes the variable): the tracking URI when the config names none (registry.tracking_uri_for).
+ENV_TRACKING_URI: str | None = os.environ.get("MLFLOW_TRACKING_URI") or None
+
 
 class ConfigError(ValueError):
     """A pipeline config that cannot be used; the message names every bad field."""
@@ -131,7 +135,8 @@ class TrainConfig(_Section):
 
 
 class RegistryConfig(_Section):
-    tracking_uri: str | None = Field(None, description="default: sqlite file in the workspace")
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI when set as the process "
+                                     "starts, else a sqlite file in the workspace")
     experiment: str = "mixrec"
     model_name: str = Field("mixrec-ranker", min_length=1)
     promote_min_auc_delta: float = Field(

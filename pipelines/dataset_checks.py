@@ -55,7 +55,13 @@ def check_dataset(aggregates: pd.DataFrame, min_rows: int, max_label_rate_drift:
                                                       max_value=rate + max_label_rate_drift)]
     expectations += [gxe.ExpectColumnValuesToBeBetween(column=c, max_value=float(train[c]) + max_unseen_rate_increase)
                      for c in aggregates.columns if c.startswith("unseen_rate_")]
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    from .runtime import is_verbose
+
     ctx = gx.get_context(mode="ephemeral")
+    # GX draws a "Calculating Metrics" bar per validation (carriage returns in a log) unless told not to.
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=is_verbose())
     batch = (ctx.data_sources.add_pandas(name="aggregates").add_dataframe_asset(name="splits")
              .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": aggregates}))
     suite = ctx.suites.add(gx.ExpectationSuite(name="mixrec_dataset", expectations=expectations))

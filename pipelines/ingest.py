@@ -13,6 +13,7 @@ before and after, the dropped ones quarantined with the reason.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,20 +86,33 @@ def _retrieve_chunk(repo_dir: str, events: pa.Table, schema: DatasetSchema, shar
             "bounds": train_bounds(joined, [f.name for f in schema.dense], SPLIT_COLUMN)}
 
 
+def chunk_count(events_path: Path, chunk_rows: int) -> int:
+    """How many retrieval chunks :func:`retrieve_to_shards` makes of ``events_path``."""
+    return -(-pq.ParquetFile(events_path).metadata.num_rows // chunk_rows)
+
+
 def retrieve_to_shards(repo_dir: Path, events_path: Path, schema: DatasetSchema, out_dir: Path,
-                       quarantine_path: Path, chunk_rows: int, parallelism: int = 2) -> RetrievalCounts:
+                       quarantine_path: Path, chunk_rows: int, parallelism: int = 2,
+                       on_chunk: Callable[[dict], None] | None = None) -> RetrievalCounts:
     """Stream ``events_path`` through Feast (the repo at ``repo_dir``), chunk by chunk in Ray tasks, into
     ``out_dir/part-*.parquet``; needs a running Ray.
 
     The shards are written into a temporary folder renamed into place at the end, so ``out_dir`` holds a
     complete retrieval or nothing; dropped rows go to ``quarantine_path`` (atomically; no file when none). The driver
-    holds at most ``parallelism`` chunks' references, never joined rows.
+    holds at most ``parallelism`` chunks' references, never joined rows. ``on_chunk`` gets each finished
+    chunk's counts (``events``, ``joined``, ``dropped``), in the order they finish.
     """
     import ray
 
     retrieve = ray.remote(max_calls=1)(_retrieve_chunk)  # a fresh worker per chunk (module docstring)
     single_chunk = pq.ParquetFile(events_path).metadata.num_rows <= chunk_rows
     counts = RetrievalCounts()
+
+    def finished(chunk: dict) -> None:
+        counts.add(chunk)
+        if on_chunk:
+            on_chunk(chunk)
+
     with atomic_path(out_dir) as tmp_dir:
         (tmp_dir / "dropped").mkdir(parents=True)
         pending = []
@@ -106,16 +120,16 @@ def retrieve_to_shards(repo_dir: Path, events_path: Path, schema: DatasetSchema,
             for i, batch in enumerate(pq.ParquetFile(events_path).iter_batches(batch_size=chunk_rows)):
                 if len(pending) >= parallelism:
                     done, pending = ray.wait(pending, num_returns=1)
-                    counts.add(ray.get(done[0]))
+                    finished(ray.get(done[0]))
                 args = (str(repo_dir), pa.Table.from_batches([batch]), schema,
                         str(tmp_dir / f"part-{i:05d}.parquet"), str(tmp_dir / "dropped" / f"part-{i:05d}.parquet"))
                 if single_chunk:
-                    counts.add(_retrieve_chunk(*args))
+                    finished(_retrieve_chunk(*args))
                 else:
                     pending.append(retrieve.remote(*args))
-            for result in ray.get(pending):
-                counts.add(result)
-            pending = []
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                finished(ray.get(done[0]))
         finally:
             for ref in pending:  # after a failed chunk: no task may go on writing into the folder being removed
                 ray.cancel(ref, force=True)

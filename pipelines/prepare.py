@@ -20,8 +20,9 @@ from mixrec.features.splits import split_by_time, time_cuts
 from mixrec.features.synthetic import generate, write_sources
 
 from .config import ConfigError, PipelineConfig, data_root, dataset_spec
-from .ingest import retrieve_to_shards
-from .progress import StepTimer
+from .ingest import chunk_count, retrieve_to_shards
+from .progress import StepTimer, relay
+from .runtime import quiet_output
 from .workspace import Workspace
 
 
@@ -35,7 +36,8 @@ def setup_feature_store(cfg: PipelineConfig, ws: Workspace, schema: DatasetSchem
     registry, online = feast_settings(cfg, ws)
     feast_repo.write_repo_config(ws.feast_repo, cfg.features.project, registry, online, cfg.features.offline_store)
     store = feast_repo.open_store(ws.feast_repo)
-    feast_repo.apply(store, feast_repo.build_definitions(schema, sources, cfg.features.ttl_days))
+    with quiet_output():  # Feast prints coloured (ANSI) messages
+        feast_repo.apply(store, feast_repo.build_definitions(schema, sources, cfg.features.ttl_days))
     return store
 
 
@@ -109,11 +111,15 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
     with timer.step("feast", "Feast: apply the feature repo, point-in-time retrieval, materialize"):
         f = cfg.features
         store = setup_feature_store(cfg, ws, schema, {"row": info.events, **info.entities})
-        retrieval = retrieve_to_shards(ws.feast_repo, info.events, schema, ws.retrieved_dir,
-                                       ws.feast_dropped_path, f.retrieval_chunk_rows, f.retrieval_parallelism)
+        with timer.tracker("point-in-time retrieval", chunk_count(info.events, f.retrieval_chunk_rows),
+                           "chunks") as chunks:
+            retrieval = retrieve_to_shards(ws.feast_repo, info.events, schema, ws.retrieved_dir,
+                                           ws.feast_dropped_path, f.retrieval_chunk_rows, f.retrieval_parallelism,
+                                           on_chunk=lambda c: chunks.advance(1, f"{c['joined']:,} rows joined"))
         start = info.min_time - pd.Timedelta(days=f.ttl_days)
-        feast_repo.materialize(store, start.to_pydatetime(), info.max_time.to_pydatetime(),
-                               tuple(s for s in schema.entity_sources if s != "row"), ws.materialized_marker)
+        with quiet_output():
+            feast_repo.materialize(store, start.to_pydatetime(), info.max_time.to_pydatetime(),
+                                   tuple(s for s in schema.entity_sources if s != "row"), ws.materialized_marker)
 
     from ray.data.expressions import col
 
@@ -127,9 +133,11 @@ def prepare_data(cfg: PipelineConfig, ws: Workspace, timer: StepTimer, ray_addre
         # Types as the rows come out of retrieval (adapters cast to the schema, Feast keeps their types).
         reference = pq.read_schema(min(ws.retrieved_dir.glob("*.parquet")))
         suite = validate.build_suite(schema, ranges, validate.column_types(reference, schema.required_columns))
-        accepted, vresult = validate.validate_dataset(
-            rows, suite, ws.validation_quarantine_path,
-            cfg.validate_.max_failure_fraction, cfg.validate_.batch_size, validated_dir=ws.validated_dir)
+        with (timer.tracker("validation", retrieval.joined, "rows") as checked,
+              relay(None if timer.mode == "off" else checked.advance) as batches):
+            accepted, vresult = validate.validate_dataset(
+                rows, suite, ws.validation_quarantine_path, cfg.validate_.max_failure_fraction,
+                cfg.validate_.batch_size, validated_dir=ws.validated_dir, progress_queue=batches)
         if vresult.rows_in != retrieval.joined:
             raise RuntimeError(f"validation saw {vresult.rows_in} rows of the {retrieval.joined} retrieved")
         counts = {"events": info.rows, "feast_dropped": retrieval.dropped, "validated": vresult.rows_in,

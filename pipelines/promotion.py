@@ -18,7 +18,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from . import registry
+from . import registry, story
 from .config import PipelineConfig, dataset_schema
 from .evaluation import GateDecision, PairedComparison, offline_gate, paired_bootstrap
 from .pyfunc import load_ranker
@@ -95,6 +95,11 @@ def _log_evaluation(model_name: str, champion: str, challenger: str, data: Path,
                        "gate.auc_delta_ci": f"[{cmp.auc_delta.low:+.5f}, {cmp.auc_delta.high:+.5f}]",
                        "gate.logloss_delta": f"{cmp.logloss_delta.estimate:+.5f}"}.items():
         client.set_model_version_tag(model_name, challenger, key, value)
+    story.set_gate_line(client, model_name, challenger, (
+        f"offline gate {'passed' if decision.passed else 'refused'} against champion v{champion} (eval run "
+        f"`{run.info.run_id}`): AUC delta {cmp.auc_delta.estimate:+.4f}, {cmp.confidence:.0%} CI "
+        f"[{cmp.auc_delta.low:+.4f}, {cmp.auc_delta.high:+.4f}]; logloss delta {cmp.logloss_delta.estimate:+.4f}"
+        + "".join(f"; {reason}" for reason in decision.reasons)))
     return run.info.run_id
 
 

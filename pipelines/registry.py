@@ -19,6 +19,8 @@ from pathlib import Path
 
 import mlflow
 
+from .config import ENV_TRACKING_URI
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 ALIAS_LOG_PREFIX = "alias_log."
@@ -30,12 +32,12 @@ class RegistryError(RuntimeError):
 
 
 def tracking_uri_for(configured: str | None, workspace) -> str:
-    """The config's ``registry.tracking_uri``, else the workspace's sqlite file.
+    """The config's ``registry.tracking_uri``, else ``$MLFLOW_TRACKING_URI`` as the process started
+    (:data:`~mixrec.pipelines.config.ENV_TRACKING_URI`), else the workspace's sqlite file.
 
-    Deliberately not ``$MLFLOW_TRACKING_URI``: MLflow 3's ``set_tracking_uri`` writes that variable, so it would
-    leak one pipeline's server into the next run in the same process. A config can say
-    ``tracking_uri: ${MLFLOW_TRACKING_URI}`` to take it from the environment explicitly."""
-    return configured or workspace.mlflow_tracking_uri
+    The variable is read once, when the config module is imported: MLflow 3's ``set_tracking_uri`` writes
+    it, so reading it now would hand one pipeline's workspace database to the next run in the same process."""
+    return configured or ENV_TRACKING_URI or workspace.mlflow_tracking_uri
 
 
 def setup_tracking(configured_uri: str | None, experiment: str, workspace) -> str:

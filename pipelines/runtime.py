@@ -1,10 +1,15 @@
-"""Starting (or joining) Ray with mixrec's defaults, and quieting the stack's noise."""
+"""Starting (or joining) Ray with mixrec's defaults, and quieting the stack's noise (unless verbose: ``-v``)."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -13,6 +18,7 @@ QUIET_ENV = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "TQDM_DISABLE": "1",
     "PYTHONWARNINGS": "ignore",
+    "MLFLOW_LOGGING_LEVEL": "ERROR",  # e.g. its CloudPickle-version warning when a model is loaded
 }
 
 
@@ -28,9 +34,49 @@ WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "2", "R
               "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
+_verbose = False
+_quieted: set[str] = set()  # the QUIET_ENV keys quiet_environment set (not the user's own values)
+
+
 def quiet_environment() -> None:
+    """Usage reporting, progress bars and library warnings off for this process and the workers it starts;
+    a variable the user set keeps its value."""
     for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+        if key not in os.environ and not _verbose:
+            os.environ[key] = value
+            _quieted.add(key)
+
+
+def set_verbose() -> None:
+    """``-v``: undo :func:`quiet_environment` and let Ray, Feast, GX and MLflow print what they print."""
+    global _verbose
+    _verbose = True
+    for key in _quieted:
+        os.environ.pop(key, None)
+    _quieted.clear()
+    import warnings
+
+    warnings.resetwarnings()
+
+
+def is_verbose() -> bool:
+    return _verbose
+
+
+def worker_env() -> dict[str, str]:
+    """The environment of the workers of a private Ray instance: :data:`WORKER_ENV`, and quiet unless verbose."""
+    return {**({} if _verbose else QUIET_ENV), **WORKER_ENV}
+
+
+@contextmanager
+def quiet_output() -> Iterator[None]:
+    """Swallow what third-party code prints to stdout (Feast's coloured apply / materialize messages) unless
+    verbose; exceptions still propagate."""
+    if _verbose:
+        yield
+        return
+    with redirect_stdout(io.StringIO()):
+        yield
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, object_store_memory: int | None = None):
@@ -46,23 +92,25 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
     if ray.is_initialized():
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {**QUIET_ENV, **WORKER_ENV}}
+    runtime_env = {"env_vars": worker_env()}
     if address:
         # Inside a Ray Job the job's runtime_env (shipped code, env vars) applies; don't override it.
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=_verbose)
     else:
         with _loopback_node():
             ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
                      include_dashboard=False, runtime_env=runtime_env, _node_ip_address="127.0.0.1",
-                     log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
+                     log_to_driver=_verbose, configure_logging=True,
+                     logging_level=logging.INFO if _verbose else logging.WARNING)
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.use_datasource_v2 = False  # see WORKER_ENV
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    for name in ("ray.data", "ray.train", "ray.tune", "ray.serve"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    if not _verbose:
+        for name in ("ray.data", "ray.train", "ray.tune", "ray.serve"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     return ray
 
 
@@ -105,3 +153,38 @@ def check_train_fits(num_workers: int, cpus_per_worker: float, total_cpus: float
             f"leaves {max(total_cpus - reserved, 0):g} of this Ray instance's {total_cpus:g} CPUs free, and Ray "
             f"Data needs {DATA_TASK_CPUS:g} to feed the workers: lower one of them (at most "
             f"{max(total_cpus - DATA_TASK_CPUS, 0):g} CPUs in all)")
+
+
+# Ray's driver logs this once per process (core_worker.cc, at ERROR) when Ray Data starts the validation actor
+# pool: a caution about restarts that mixrec cannot act on (ray-project/ray#53727).
+RAY_ACTOR_ARGS_WARNING = "has constructor arguments in the object store"
+
+
+@contextmanager
+def drop_stderr_lines(*needles: str) -> Iterator[None]:
+    """Hold back what is written to file descriptor 2 (C++ logs included) while the block runs, then pass on
+    every line that contains none of ``needles``; unless verbose."""
+    if _verbose:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
+                    if not any(n in line for n in needles)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+def progress_mode() -> str:
+    """How a command shows the progress of long steps: rich bars on a terminal, plain lines in a log."""
+    return "bars" if sys.stdout.isatty() else "lines"

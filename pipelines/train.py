@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -221,6 +222,26 @@ def train_loop_per_worker(cfg: dict) -> None:
     TrainWorker(cfg).fit()
 
 
+def epoch_line(metrics: dict, epochs: int) -> str:
+    """One line per epoch from rank 0's report: loss, validation AUC / logloss, throughput."""
+    return (f"epoch {int(metrics['epoch']) + 1}/{epochs}: train loss {metrics['train_loss']:.4f}, valid AUC "
+            f"{metrics['valid_auc']:.4f}, logloss {metrics['valid_logloss']:.4f}, "
+            f"{metrics['train_samples_per_s']:,.0f} samples/s per worker")
+
+
+def epoch_relay(queue):
+    """A Ray Train callback (run on the Train controller) that puts rank 0's metrics of each finished epoch on
+    ``queue`` (a :func:`~mixrec.pipelines.progress.relay` queue); mid-epoch checkpoint reports are skipped."""
+    from ray.train import UserCallback
+
+    class EpochRelay(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics and "valid_rows" in metrics[0]:
+                queue.put_nowait(dict(metrics[0]))
+
+    return EpochRelay()
+
+
 @dataclass
 class TrainOutcome:
     checkpoint_dir: Path  # the best checkpoint (highest validation AUC)
@@ -231,12 +252,16 @@ class TrainOutcome:
 
 def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model_kwargs: dict, cfg: TrainConfig,
           storage_path: Path, run_name: str, tracking_uri: str | None = None, mlflow_run_id: str | None = None,
-          callbacks: list | None = None, user_key: str = "user_id", max_failures: int = 1) -> TrainOutcome:
+          callbacks: list | None = None, user_key: str = "user_id", max_failures: int = 1,
+          on_epoch: Callable[[dict], None] | None = None) -> TrainOutcome:
     """Fit with Ray Train; a failed worker group is restarted once and resumes from the latest checkpoint.
-    ``callbacks``: Ray Train ``UserCallback``s (run on the controller)."""
+    ``callbacks``: Ray Train ``UserCallback``s (run on the controller). ``on_epoch``: called on the driver with
+    rank 0's metrics of each finished epoch, while training goes on (see :func:`epoch_line`)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from .progress import relay
 
     layout = preprocessor.layout()
     build_model(model_name, layout, **model_kwargs)  # fail fast on a bad model config, before any worker starts
@@ -253,22 +278,24 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
         "mlflow_run_id": mlflow_run_id, "checkpoint_every_steps": cfg.checkpoint_every_steps,
         "log_checkpoints": cfg.log_checkpoints,
     }
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_cfg,
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker},
-                                     placement_strategy=cfg.placement_strategy),
-        run_config=RunConfig(
-            name=run_name, storage_path=str(storage_path),
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="valid_auc",
-                                               checkpoint_score_order="max"),
-            failure_config=FailureConfig(max_failures=max_failures), callbacks=callbacks or []),
-        datasets={"train": train_ds, "valid": valid_ds},
-    )
-    t0 = time.perf_counter()
-    result = trainer.fit()
-    seconds = time.perf_counter() - t0
+    with relay(on_epoch) as queue:  # epoch lines on the driver while the workers train
+        callbacks = [*(callbacks or []), *([epoch_relay(queue)] if queue is not None else [])]
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_cfg,
+            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                         resources_per_worker={"CPU": cfg.cpus_per_worker},
+                                         placement_strategy=cfg.placement_strategy),
+            run_config=RunConfig(
+                name=run_name, storage_path=str(storage_path),
+                checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="valid_auc",
+                                                   checkpoint_score_order="max"),
+                failure_config=FailureConfig(max_failures=max_failures), callbacks=callbacks),
+            datasets={"train": train_ds, "valid": valid_ds},
+        )
+        t0 = time.perf_counter()
+        result = trainer.fit()
+        seconds = time.perf_counter() - t0
     best = result.get_best_checkpoint(metric="valid_auc", mode="max") or result.checkpoint
     if best is None:
         raise RuntimeError(f"training produced no checkpoint: {result.error}")

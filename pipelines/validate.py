@@ -25,6 +25,8 @@ import pyarrow as pa
 from mixrec.features.io import write_dataset_atomic, write_tables_atomic
 from mixrec.features.schema import DatasetSchema
 
+from .runtime import RAY_ACTOR_ARGS_WARNING, drop_stderr_lines
+
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 FAILED_COLUMN = "_failed_expectations"
@@ -138,7 +140,8 @@ class BatchValidator:
     same Arrow schema and nothing of a quarantined row is lost.
     """
 
-    def __init__(self, suite_json: dict):
+    def __init__(self, suite_json: dict, progress_queue=None):
+        """``progress_queue``: a :func:`~mixrec.pipelines.progress.relay` queue that gets each batch's row count."""
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -150,6 +153,7 @@ class BatchValidator:
         self._suite = self._ctx.suites.add(gx.ExpectationSuite(**suite_json))
         self._types = {e["kwargs"]["column"]: e["kwargs"].get("type_list") or [e["kwargs"]["type_"]]
                        for e in suite_json["expectations"] if e["type"] in TYPE_EXPECTATIONS}
+        self._progress = progress_queue
 
     def __call__(self, table: pa.Table) -> pa.Table:
         # GX judges types on numpy-backed columns: Ray Data's own pandas batches are pyarrow-backed
@@ -179,6 +183,8 @@ class BatchValidator:
             if col in batch.columns and _dtype_name(batch[col]) not in types:
                 i = table.schema.get_field_index(col)
                 table = table.set_column(i, col, pa.Array.from_pandas(_coerce(batch[col], types[0])))
+        if self._progress is not None:
+            self._progress.put_nowait(len(batch))
         return (table.append_column(FAILED_COLUMN, pa.array(failed.astype(str), pa.string()))
                 .append_column(RAW_COLUMN, pa.array(raw.astype(str), pa.string())))
 
@@ -206,14 +212,15 @@ def _failure_counts(batch: pd.DataFrame) -> pd.DataFrame:
 
 
 def validate_dataset(ds, suite_json: dict, quarantine_path: Path, max_failure_fraction: float,
-                     batch_size: int = 50_000, validated_dir: Path | None = None) -> tuple[object, ValidationResult]:
+                     batch_size: int = 50_000, validated_dir: Path | None = None,
+                     progress_queue=None) -> tuple[object, ValidationResult]:
     """Validate a Ray Dataset batch by batch, streaming; return (accepted dataset, counts).
 
     The checked rows stream to Parquet in ``validated_dir`` (default: ``validated`` beside the quarantine)
     instead of the object store, so memory does not grow with the dataset; the accepted dataset is a lazy
     read of it. Quarantined rows are written atomically to ``quarantine_path`` (one Parquet file, with the
     failed expectations), a batch at a time. Raises :class:`ValidationFailed` (after writing the quarantine)
-    when too many rows fail.
+    when too many rows fail. ``progress_queue``: see :class:`BatchValidator`.
     """
     import ray
     from ray.data import ActorPoolStrategy
@@ -221,9 +228,10 @@ def validate_dataset(ds, suite_json: dict, quarantine_path: Path, max_failure_fr
 
     validated_dir = validated_dir or quarantine_path.parent / "validated"
     # One actor: the GX context is built once and reused for every batch (building it costs ~40 ms).
-    checked = ds.map_batches(BatchValidator, fn_constructor_args=(suite_json,), batch_format="pyarrow",
+    checked = ds.map_batches(BatchValidator, fn_constructor_args=(suite_json, progress_queue), batch_format="pyarrow",
                              batch_size=batch_size, compute=ActorPoolStrategy(size=1))
-    write_dataset_atomic(checked, validated_dir)
+    with drop_stderr_lines(RAY_ACTOR_ARGS_WARNING):  # the actor pool starts here
+        write_dataset_atomic(checked, validated_dir)
     validated = ray.data.read_parquet(str(validated_dir))
     # Counts per distinct failure string: a few rows per block reach the driver, never the rows themselves.
     tally = (validated.select_columns([FAILED_COLUMN])

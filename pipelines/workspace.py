@@ -133,6 +133,11 @@ class Workspace:
         """What `mixrec serve` started: its URL, so `mixrec query` can find it."""
         return self.root / "serve.json"
 
+    @property
+    def serve_config(self) -> Path:
+        """The Ray Serve config file of the served application (`serve run` / `serve deploy`), pinned versions."""
+        return self.root / "serve_config.yaml"
+
     def create(self, fresh: bool = False) -> Workspace:
         if fresh and self.root.exists():
             shutil.rmtree(self.root)

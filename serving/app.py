@@ -53,3 +53,10 @@ def build_app(plan: ResolvedServe):
     deployment = Splitter.options(user_config=splitter_user_config(plan), max_surge_percent=100,
                                   backpressure_config=BackpressureConfig(retry_after_s=s.retry_after_s))
     return versioned(deployment, splitter_plan, sorted(rankers)).bind(splitter_plan, **rankers)
+
+
+def app_builder(args: dict):
+    """Serve application builder of the generated Serve config file (``serve run`` / ``serve deploy``,
+    ``import_path: mixrec.serving.app:app_builder``): ``args`` are the resolved settings
+    (:meth:`ResolvedServe.to_args`: versions pinned, nothing resolved again), so building needs no registry."""
+    return build_app(ResolvedServe.from_args(args))

@@ -34,14 +34,25 @@ def block_until_interrupted(url: str) -> None:
 
 
 def serve(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
-          port: Annotated[int | None, typer.Option(help="HTTP port (loopback)")] = None) -> None:
+          port: Annotated[int | None, typer.Option(help="HTTP port (loopback)")] = None,
+          write_config: Annotated[Path | None, typer.Option(
+              "--write-config", help="write the application as a Ray Serve config file (for `serve run FILE` / "
+              "`serve deploy FILE`; aliases resolved to versions now) and exit without serving")] = None) -> None:
     """Serve the registered champion (and challenger) behind the A/B splitter until Ctrl-C."""
     from mixrec.pipelines.registry import RegistryError
 
-    from .server import start_serving
+    from .server import resolve_serve, start_serving
 
     cfg = cli_config(config, workspace, {"serve": {"port": port}} if port else None)
     try:
+        if write_config:
+            from mixrec.pipelines.workspace import Workspace
+
+            from .serve_config import write_serve_config
+
+            plan = resolve_serve(cfg, Workspace.resolve(cfg.workspace))
+            typer.echo(f"wrote {write_serve_config(plan, write_config)}: `serve run` or `serve deploy` it")
+            return
         url = start_serving(cfg)
     except RegistryError as err:
         fail(str(err))

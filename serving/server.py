@@ -91,9 +91,13 @@ def deploy(cfg: PipelineConfig, ray_address: str | None = None) -> tuple[str, Re
 
 
 def start_serving(cfg: PipelineConfig, ray_address: str | None = None) -> str:
-    """Deploy the A/B application, record it in the workspace's serve.json, and return its base URL."""
+    """Deploy the A/B application, record it in the workspace's serve.json (and its Serve config file,
+    serve_config.yaml), and return its base URL."""
+    from .serve_config import write_serve_config
+
     url, plan = deploy(cfg, ray_address)
     record_state(Workspace.resolve(cfg.workspace), url, plan.serve.app_name, plan.arms, plan.weights)
+    write_serve_config(plan)  # the same application as a Serve config file, for `serve run/deploy`
     return url
 
 

@@ -15,6 +15,8 @@ def tune(study: Annotated[Path, typer.Argument(help="study YAML (see configs/stu
          resume: Annotated[bool, typer.Option("--resume", help="continue a stopped study: run only missing points")] = False
          ) -> None:
     """Scaling study: architectures x sizes as Ray Train trials under Ray Tune; power-law fits, plots, ROI pick."""
+    from mixrec.pipelines.runtime import progress_mode
+
     from .config import load_study
     from .study import run_study
 
@@ -22,7 +24,7 @@ def tune(study: Annotated[Path, typer.Argument(help="study YAML (see configs/stu
         spec = load_study(study)
     except ConfigError as err:
         fail(str(err))
-    out = run_study(spec, resume=resume, progress=typer.echo)
+    out = run_study(spec, resume=resume, progress=typer.echo, mode=progress_mode())
     for arch, fit in out["analysis"]["fits"].items():
         for axis, f in fit.items():
             typer.echo(f"{arch:<14} loss ~ C^-alpha vs {axis:<15} alpha={f['alpha']:.3f} "

@@ -109,9 +109,9 @@ def _log_study(study: StudyConfig, results: pd.DataFrame, analysis: dict, output
     return run.info.run_id
 
 
-def run_study(study: StudyConfig, resume: bool = False, progress=print) -> dict:
+def run_study(study: StudyConfig, resume: bool = False, progress=print, mode: str = "off") -> dict:
     """Run every point still missing, then fit, plot and log the whole study; returns its results, analysis,
-    plots, folder and MLflow run id."""
+    plots, folder and MLflow run id. ``mode``: progress of the long steps (``pipelines.progress.Tracker``)."""
     from ray import tune
 
     from mixrec.models import build_model
@@ -127,7 +127,7 @@ def run_study(study: StudyConfig, resume: bool = False, progress=print) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / RESULTS
     finished = {json.loads(line)["id"] for line in results_path.read_text().splitlines()} if results_path.exists() else set()
-    timer = StepTimer(progress)
+    timer = StepTimer(progress, mode)
     data = prepare_data(study.pipeline, ws, timer)
     # Every trial reads the same splits: hold them in the object store once (it spills to disk when full)
     # rather than have each trial's Ray Data read tasks compete with the trials' Train workers for CPUs.
@@ -142,16 +142,17 @@ def run_study(study: StudyConfig, resume: bool = False, progress=print) -> dict:
 
     todo = [p for p in points(study) if p["id"] not in finished]
     progress(f"study {study.name}: {len(todo)} point(s) to run, {len(finished)} already finished")
-    for p in todo:
-        model = build_model(p["arch"], layout, **p["kwargs"])
-        row = {"id": p["id"], "arch": p["arch"], "kwargs": p["kwargs"], "data_fraction": p["fraction"],
-               "parameters": model.num_parameters(), "flops_per_example": model.flops_per_example()}
-        t0 = time.perf_counter()
-        _run_point(study, p, row, trainable, train_rows, out_dir)
-        row["seconds"] = round(time.perf_counter() - t0, 1)
-        _record(results_path, row)
-        progress(f"  {row['id']}: {row['status']} "
-                 + (f"logloss {row['valid_logloss']:.4f}" if row["status"] == "finished" else row["error"]))
+    with timer.tracker("study points", len(todo), "points") as tracker:
+        for p in todo:
+            model = build_model(p["arch"], layout, **p["kwargs"])
+            row = {"id": p["id"], "arch": p["arch"], "kwargs": p["kwargs"], "data_fraction": p["fraction"],
+                   "parameters": model.num_parameters(), "flops_per_example": model.flops_per_example()}
+            t0 = time.perf_counter()
+            _run_point(study, p, row, trainable, train_rows, out_dir)
+            row["seconds"] = round(time.perf_counter() - t0, 1)
+            _record(results_path, row)
+            tracker.advance(1, row["id"], line=f"{row['id']}: {row['status']} " + (
+                f"logloss {row['valid_logloss']:.4f}" if row["status"] == "finished" else row["error"]))
 
     results = pd.DataFrame([json.loads(line) for line in results_path.read_text().splitlines()])
     analysis = analyse(results, study.flops_budget)

@@ -68,7 +68,14 @@ def test_readme_commands_end_to_end(env, free_port):
     small = Path(env["MIXREC_HOME"]) / "small.yaml"
     small.write_text((REPO / "configs/demo.yaml").read_text().replace("num_events: 200000", "num_events: 3000")
                      .replace("epochs: 3", "epochs: 1"))
-    assert "registered mixrec-ranker v2 (aliases: challenger)" in run([MIXREC, "run", str(small)], env).stdout
+    ran = run([MIXREC, "run", str(small)], env)
+    assert "registered mixrec-ranker v2 (aliases: challenger)" in ran.stdout
+    # Progress as a log shows it (stdout is not a terminal): retrieval chunks, validated rows, one line per
+    # epoch; the stack's own noise stays off without -v.
+    assert re.search(r"^\s+epoch 1/1: train loss \d\.\d{4}, valid AUC \d\.\d{4}, logloss", ran.stdout, re.M), ran.stdout
+    assert "point-in-time retrieval: 1/1 chunks" in ran.stdout and re.search(r"validation: [\d,]+/[\d,]+ rows", ran.stdout)
+    for noise in ("Calculating Metrics", "Materializing", "constructor arguments in the object store", "CloudPickle"):
+        assert noise not in ran.stdout + ran.stderr, noise
 
     # 3. `mixrec serve` in the background, 4. `mixrec query` against it.
     serve = subprocess.Popen([MIXREC, "serve", "--port", str(port)], cwd=REPO, env=env,
@@ -90,6 +97,11 @@ def test_readme_commands_end_to_end(env, free_port):
         assert body["arm"] in {"champion", "challenger"} and len(body["ranked"]) == 4
         arms = httpx.get(f"http://127.0.0.1:{port}/mixrec/arms", timeout=10).json()
         assert arms["versions"] == {"champion": "1", "challenger": "2"}
+        # The served application as a Ray Serve config file (`serve run`): written on serve, and on request.
+        assert (Path(env["MIXREC_HOME"]) / "serve_config.yaml").exists()
+        serve_yaml = Path(env["MIXREC_HOME"]) / "serve.yaml"
+        run([MIXREC, "serve", "--write-config", str(serve_yaml)], env)
+        assert "import_path: mixrec.serving.app:app_builder" in serve_yaml.read_text()
         # `mixrec abtest simulate --url ...` against the running server (fewer requests).
         ab = run([MIXREC, "abtest", "simulate", "--url", f"http://127.0.0.1:{port}/mixrec", "--requests", "300"], env)
         assert "300 answered, 0 failed" in ab.stdout and "SRM chi2" in ab.stdout, ab.stdout

@@ -81,6 +81,9 @@ def test_the_online_gate_is_skipped_when_the_offline_gate_refuses(setup):
     with pytest.raises(PromotionRefused, match="AUC delta"):
         gated_promote(setup, "2", online_gate=lambda *a: called.append(a), progress=lambda _: None)
     assert not called and registry.resolve_alias(MODEL, CHAMPION) == "1"
+    # The version's description (the MLflow UI) carries the gate's verdict, one line replaced per evaluation.
+    description = mlflow.MlflowClient().get_model_version(MODEL, "2").description
+    assert description.count("**Gate:**") == 1 and "offline gate refused against champion v1" in description
 
 
 def test_an_online_gate_needs_both_arms_served(setup):

@@ -77,3 +77,42 @@ def test_a_second_app_starts_and_stops_while_the_first_keeps_answering(served, f
         state.write_text(recorded)  # the shared app's serve.json, which the second start overwrote
     assert len(probe.statuses) > 5 and set(probe.statuses) == {200}, probe.statuses
     assert served["client"].post("/rank", json=BODY).status_code == 200
+
+
+def test_the_written_serve_config_runs_with_rays_own_serve_run(served, tmp_path):
+    """`mixrec serve --write-config FILE` then Ray Serve's own `serve run FILE` (its CLI, in this process so it
+    joins the session's Ray): the application from the file answers a ranking request; the shared app keeps its."""
+    import yaml
+    from click.testing import CliRunner as ClickRunner
+    from ray import serve
+    from ray.serve.scripts import run as serve_run
+    from typer.testing import CliRunner
+
+    from mixrec.cli import app
+    from mixrec.pipelines.registry import resolve_alias
+
+    data = served["cfg"].to_dict()
+    data["serve"].update(app_name="mixrec-file", route_prefix="/file", arms={CHAMPION: 1.0}, ranker_replicas=1)
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(data))
+    path = tmp_path / "serve.yaml"
+    written = CliRunner().invoke(app, ["serve", "-c", str(tmp_path / "pipeline.yaml"), "--write-config", str(path)])
+    assert written.exit_code == 0, written.output
+    champion = resolve_alias("mixrec-ranker", CHAMPION)
+    assert yaml.safe_load(path.read_text())["applications"][0]["args"]["arms"] == {CHAMPION: champion}
+    first = urlsplit(served["url"])
+    try:
+        ran = ClickRunner().invoke(serve_run, [str(path), "--non-blocking"])
+        assert ran.exit_code == 0, ran.output
+        deadline = time.time() + 300
+        while (status := serve.status().applications["mixrec-file"]).status not in ("RUNNING", "DEPLOY_FAILED") \
+                and time.time() < deadline:
+            time.sleep(0.5)
+        assert status.status == "RUNNING", status.message
+        answer = httpx.post(f"{first.scheme}://{first.netloc}/file/rank", json=BODY, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["arm"], answer.json()["model_version"]) == (CHAMPION, champion)
+        assert served["client"].post("/rank", json=BODY).status_code == 200
+    finally:
+        if "mixrec-file" in serve.status().applications:
+            serve.delete("mixrec-file")
+    assert "mixrec" in serve.status().applications

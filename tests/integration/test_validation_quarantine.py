@@ -12,6 +12,7 @@ import pytest
 
 from mixrec.features.schema import SYNTHETIC_SCHEMA as SCHEMA
 from mixrec.features.synthetic import generate
+from mixrec.pipelines.progress import relay
 from mixrec.pipelines.validate import (
     FAILED_COLUMN,
     ValidationFailed,
@@ -46,8 +47,11 @@ def test_planted_bad_rows_are_quarantined_with_their_expectation(ray_session, ro
     bad.loc[30, "activity"] = np.nan          # NaN dense
     bad.loc[40, "price"] = np.inf             # not finite
     bad.loc[50, "quality"] = 1e6              # far outside the fitted range
-    accepted, result = validate_dataset(ray_session.data.from_pandas(bad), suite, tmp_path / "q.parquet",
-                                        max_failure_fraction=0.05, batch_size=1000)
+    batches = []  # what the validator reports to the driver's progress, batch by batch
+    with relay(batches.append) as queue:
+        accepted, result = validate_dataset(ray_session.data.from_pandas(bad), suite, tmp_path / "q.parquet",
+                                            max_failure_fraction=0.05, batch_size=1000, progress_queue=queue)
+    assert sum(batches) == result.rows_in and max(batches) <= 1000
     assert result.rows_in == len(bad) == result.accepted + result.quarantined
     assert result.quarantined == 5
     assert accepted.count() == len(bad) - 5

@@ -21,7 +21,7 @@ VERBS = {
     "query": ["--device", "--file", "--hour", "--items", "--timeout", "--token-env", "--url", "--user", "--workspace", "-f", "-w"],
     "rollback": ["--config", "--reason", "--workspace", "-c", "-w"],
     "run": ["--fresh", "--workspace", "-w", "CONFIG"],
-    "serve": ["--config", "--port", "--workspace", "-c", "-w"],
+    "serve": ["--config", "--port", "--workspace", "--write-config", "-c", "-w"],
     "submit": ["--address", "--wait", "CONFIG"],
     "tune": ["--resume", "STUDY"],
 }
@@ -39,6 +39,10 @@ def _verbs(command, prefix: str = "") -> dict[str, list[str]]:
 
 def test_every_verb_keeps_its_flags():
     assert _verbs(get_command(app)) == VERBS
+
+
+def test_the_root_takes_verbose():
+    assert sorted(o for p in get_command(app).params for o in p.opts) == ["--verbose", "-v"]
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):

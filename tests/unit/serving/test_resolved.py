@@ -40,3 +40,35 @@ def test_a_new_version_or_ranker_setting_changes_the_ranker():
     assert repr(replace(base, arms={"champion": "1", "challenger": "3"}).ranker_view("challenger")) \
         != repr(base.ranker_view("challenger"))
     assert repr(plan(batch_max_size=4).ranker_view("champion")) != repr(base.ranker_view("champion"))
+
+
+def test_args_round_trip_through_yaml_and_name_what_is_missing():
+    import pytest
+    import yaml
+
+    from mixrec.features.schema import DatasetSchema, FeatureField
+
+    schema = DatasetSchema(label="y", timestamp="t", user_key="u", item_key="i", event_key="e", name="tags",
+                           fields=(FeatureField("genres", "multi_hot", "item", max_len=3, keep="first"),))
+    original = replace(plan(max_candidates=9, port=8123), schema=schema, token_sha256="cd" * 32)
+    again = ResolvedServe.from_args(yaml.safe_load(yaml.safe_dump(original.to_args())))
+    assert again == original and repr(again.ranker_view("champion")) == repr(original.ranker_view("champion"))
+    args = original.to_args()
+    del args["arms"]
+    with pytest.raises(ValueError, match=r"lack \['arms'\]"):
+        ResolvedServe.from_args(args)
+
+
+def test_the_serve_config_file_is_a_valid_ray_serve_deploy_config(tmp_path):
+    import yaml
+
+    from mixrec.serving.serve_config import IMPORT_PATH, write_serve_config
+
+    path = write_serve_config(plan(app_name="shop", route_prefix="/shop", port=8123), tmp_path / "serve.yaml")
+    text = path.read_text()
+    assert text.startswith("# Ray Serve config") and f"serve run {path}" in text
+    config = yaml.safe_load(text)
+    assert config["http_options"] == {"host": "127.0.0.1", "port": 8123}
+    (app,) = config["applications"]
+    assert (app["name"], app["route_prefix"], app["import_path"]) == ("shop", "/shop", IMPORT_PATH)
+    assert ResolvedServe.from_args(app["args"]).arms == {"champion": "1", "challenger": "2"}
