@@ -175,6 +175,14 @@ class RankingModel(nn.Module):
         kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._hparams.items()}
         return {"name": self.name, "kwargs": kwargs}
 
+    def _zero_biases(self, *modules: nn.Module) -> None:
+        """Zero the additive biases of ``modules`` (tokenizers, per-token FFNs): ``zero_bias_init=True``."""
+        with torch.no_grad():
+            for module in modules:
+                for name, p in module.named_parameters():
+                    if name.rsplit(".", 1)[-1] in ("bias", "b1", "b2"):
+                        p.zero_()
+
     # ------------------------------------------------------------------ forward
     def _check_inputs(self, categorical: Tensor, dense: Tensor | None) -> tuple[Tensor, Tensor]:
         lay = self.layout

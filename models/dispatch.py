@@ -3,8 +3,10 @@
 :func:`expert_ffn` sorts the (row, expert) assignments by expert, gathers their inputs, runs one
 ``torch.nn.functional.grouped_mm`` per layer of the expert FFN (every expert on its own contiguous slice of rows;
 the group offsets stay on the device, so nothing syncs with the host), weights the outputs by their gates and
-scatter-adds them back. Inactive assignments (gate 0) sort last, past the final offset: ``grouped_mm`` neither
-computes nor differentiates them (it leaves those output rows unset, so they are masked out explicitly).
+scatter-adds them back. Inactive assignments (gate 0) sort last, past the final offset, where ``grouped_mm``
+neither computes nor differentiates them. On CPU they are then cut off (reading the active count there is no
+device sync); on an accelerator shapes stay static and those rows, which ``grouped_mm`` leaves unset, are
+masked out explicitly (forward and gradients).
 
 ``grouped_mm`` has no fp32 meta kernel for ``torch.compile`` in torch 2.13 (it wants bf16 on CUDA), so callers
 use their masked dense reference while compiling (:func:`sparse_ok`).
@@ -48,7 +50,8 @@ def _gmm(a: Tensor, w: Tensor, offs: Tensor) -> Tensor:
 
 
 def expert_ffn(x: Tensor, rows: Tensor, experts: Tensor, weights: Tensor, w_in: Tensor, w_out: Tensor,
-               act, b_in: Tensor | None = None, b_out: Tensor | None = None) -> Tensor:
+               act, b_in: Tensor | None = None, b_out: Tensor | None = None,
+               static_shapes: bool | None = None) -> Tensor:
     """``out[r] = Σ_{n: rows[n] = r} weights[n] · FFN_{experts[n]}(x[r])`` computing only active assignments.
 
     Args:
@@ -56,6 +59,7 @@ def expert_ffn(x: Tensor, rows: Tensor, experts: Tensor, weights: Tensor, w_in: 
         rows, experts, weights: [N] assignments: input row, expert id in ``[0, G)`` (``G`` = inactive), gate.
         w_in [G, D, h_in], w_out [G, h, D], b_in [G, h_in], b_out [G, D]: per-expert weights.
         act: [n, h_in] -> [n, h] (GELU, or SwiGLU on ``[up | gate]``).
+        static_shapes: keep the inactive rows (masked) instead of cutting them off; None = on accelerators.
 
     Returns: [R, D].
     """
@@ -63,18 +67,24 @@ def expert_ffn(x: Tensor, rows: Tensor, experts: Tensor, weights: Tensor, w_in: 
     key, order = torch.sort(experts, stable=True)  # expert-major; inactive (= G) last
     counts = torch.zeros(g + 1, dtype=torch.long, device=x.device).scatter_add_(0, experts, torch.ones_like(experts))
     offs = counts[:g].cumsum(0).to(torch.int32)
-    valid = (key < g).unsqueeze(-1)
+    valid = None
+    if static_shapes is None:
+        static_shapes = x.device.type != "cpu"
+    if not static_shapes:  # a CPU count is read without any device sync: drop the inactive rows
+        n = int(offs[-1])
+        key, order = key[:n], order[:n]
+    else:  # static shapes on accelerators: inactive rows stay, masked (their gradients too)
+        valid = (key < g).unsqueeze(-1)
     src = rows[order]
     kg = key.clamp(max=g - 1)
-    xs = torch.where(valid, x[src], 0.0)  # masks gradients of the uncomputed rows too
-    h = _gmm(xs, w_in, offs)
+    mask = (lambda t: t) if valid is None else (lambda t: torch.where(valid, t, 0.0))
+    h = _gmm(mask(x[src]), w_in, offs)
     if b_in is not None:
         h = h + b_in[kg]
-    h = torch.where(valid, act(h), 0.0)
-    y = _gmm(h, w_out, offs)
+    y = _gmm(mask(act(h)), w_out, offs)
     if b_out is not None:
         y = y + b_out[kg]
-    y = torch.where(valid, y * weights[order].unsqueeze(-1).to(y.dtype), 0.0)
+    y = mask(y * weights[order].unsqueeze(-1).to(y.dtype))
     return x.new_zeros(x.shape[0], w_out.shape[-1], dtype=y.dtype).index_add_(0, src, y)
 
 

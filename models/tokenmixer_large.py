@@ -136,7 +136,8 @@ class TokenMixerLargeBlock(nn.Module):
 class TokenMixerLarge(RankingModel):
     """Args: embedding_dim, num_tokens (T incl. the global token), d_model (D), num_heads (H, divides D),
     num_layers, ffn_ratio (n), inter_residual_every (r, 0 = off), aux_loss_weight, down_init_scale,
-    global_token, pooling ("mean" | "global"), tower_dims, dropout, num_experts (E; 1 = dense),
+    global_token, pooling ("mean" | "global"), tower_dims, dropout, embedding_norm, embedding_init_std,
+    zero_bias_init (tokenizer biases), num_experts (E; 1 = dense),
     top_k (active experts incl. the shared one), moe_alpha (α), moe_impl ("sparse" | "masked" reference)."""
 
     name = "tokenmixer_large"
@@ -159,6 +160,8 @@ class TokenMixerLarge(RankingModel):
         tower_dims: tuple[int, ...] = (64,),
         dropout: float = 0.0,
         embedding_norm: bool = True,
+        embedding_init_std: float = 1e-4,
+        zero_bias_init: bool = False,
         num_experts: int = 1,
         top_k: int = 1,
         moe_alpha: float = 1.0,
@@ -189,7 +192,7 @@ class TokenMixerLarge(RankingModel):
         tower_dims = as_int_tuple("tower_dims", tower_dims) if tower_dims else ()
         self.T, self.D, self.L = num_tokens, d_model, num_layers
         self.pooling = pooling
-        self.embedding = FeatureEmbedding(layout, embedding_dim, field_norm=embedding_norm)
+        self.embedding = FeatureEmbedding(layout, embedding_dim, init_std=embedding_init_std, field_norm=embedding_norm)
         self.tokenizer = GroupTokenizer(layout.num_fields, embedding_dim, n_groups, d_model, global_token)
         self.blocks = nn.ModuleList(
             TokenMixerLargeBlock(num_tokens, d_model, num_heads, ffn_ratio, num_experts, top_k, moe_alpha,
@@ -206,6 +209,8 @@ class TokenMixerLarge(RankingModel):
         self.final_norm = nn.RMSNorm(d_model)
         self.tower = Tower(d_model, tower_dims, dropout=dropout)
         self._load: Tensor | None = None
+        if zero_bias_init:
+            self._zero_biases(self.tokenizer)  # the blocks have no biases
 
     def _pool(self, x: Tensor) -> Tensor:
         return x[:, 0] if self.pooling == "global" else x.mean(dim=1)

@@ -183,7 +183,8 @@ class UniMixerBlock(nn.Module):
 class UniMixer(RankingModel):
     """Args: embedding_dim, num_tokens (T), d_model (D), num_layers, block_size (B_s | T·D), ffn_ratio,
     tau_start, tau_end, tau_anneal_steps, sinkhorn_iters (None = enough for the smallest τ), symmetric,
-    flatten_order, mixing_init_std, tower_dims, dropout, shared_projection; per-token SP-MoE on the SwiGLU
+    flatten_order, mixing_init_std, tower_dims, dropout, embedding_norm, embedding_init_std, zero_bias_init
+    (tokenizer and SwiGLU biases), shared_projection; per-token SP-MoE on the SwiGLU
     (as in TokenMixer-Large): num_experts (1 = dense), top_k, moe_alpha, moe_impl; Lite only: num_basis (b),
     rank (r, None = M/8)."""
 
@@ -210,6 +211,8 @@ class UniMixer(RankingModel):
         tower_dims: tuple[int, ...] = (64,),
         dropout: float = 0.0,
         embedding_norm: bool = True,
+        embedding_init_std: float = 1e-4,
+        zero_bias_init: bool = False,
         shared_projection: bool = False,
         num_experts: int = 1,
         top_k: int = 1,
@@ -230,7 +233,7 @@ class UniMixer(RankingModel):
         tower_dims = as_int_tuple("tower_dims", tower_dims) if tower_dims else ()
         self.T, self.D = num_tokens, d_model
         self.tau_start, self.tau_end, self.tau_anneal_steps = float(tau_start), float(tau_end), int(tau_anneal_steps)
-        self.embedding = FeatureEmbedding(layout, embedding_dim, field_norm=embedding_norm)
+        self.embedding = FeatureEmbedding(layout, embedding_dim, init_std=embedding_init_std, field_norm=embedding_norm)
         self.tokenizer = ConcatTokenizer(layout.num_fields, embedding_dim, num_tokens, d_model, shared_projection)
         hidden = max(1, int(round(ffn_ratio * d_model)))
         check(num_experts >= 1, f"num_experts must be >= 1, got {num_experts}")
@@ -250,6 +253,8 @@ class UniMixer(RankingModel):
         self.norm_out = nn.RMSNorm(d_model)
         self.tower = Tower(d_model, tower_dims, dropout=dropout)
         self.register_buffer("tau_step", torch.tensor(0, dtype=torch.long))
+        if zero_bias_init:
+            self._zero_biases(self.tokenizer, self.blocks)
 
     def temperature(self) -> float:
         """τ at the current step (linear annealing), read on the host; forwards use :meth:`tau`."""

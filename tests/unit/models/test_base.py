@@ -189,3 +189,17 @@ def test_forward_compiles_without_graph_breaks(name, mode):
     explained = torch._dynamo.explain(model)(cat, dense)
     assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+# --------------------------------------------------------------------------- init keywords (issue 15 item 2)
+@pytest.mark.parametrize("name", ["rankmixer", "rankmixer_moe", "unimixer", "unimixer_moe", "tokenmixer_large"])
+def test_zero_bias_init_and_embedding_init_std(name):
+    torch.manual_seed(0)
+    model = build_model(name, LAYOUT, zero_bias_init=True, embedding_init_std=0.05, embedding_norm=False)
+    biases = {n: p for n, p in model.named_parameters()
+              if n.startswith(("tokenizer", "blocks")) and n.rsplit(".", 1)[-1] in ("bias", "b1", "b2")}
+    assert biases and all(not p.any() for p in biases.values()), [n for n, p in biases.items() if p.any()]
+    assert model.embedding.table.weight.std().item() == pytest.approx(0.05, rel=0.3)
+    default = build_model(name, LAYOUT)
+    assert any(p.any() for n, p in default.named_parameters() if n.startswith("tokenizer") and n.endswith("bias"))
+    assert default.embedding.table.weight.std().item() == pytest.approx(1e-4, rel=0.3)
