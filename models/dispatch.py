@@ -8,8 +8,8 @@ neither computes nor differentiates them. On CPU they are then cut off (reading 
 device sync); on an accelerator shapes stay static and those rows, which ``grouped_mm`` leaves unset, are
 masked out explicitly (forward and gradients).
 
-``grouped_mm`` has no fp32 meta kernel for ``torch.compile`` in torch 2.13 (it wants bf16 on CUDA), so callers
-use their masked dense reference while compiling (:func:`sparse_ok`).
+``grouped_mm`` has no fp32 meta kernel for ``torch.compile`` in torch 2.13 and its CUDA kernel is bf16 only, so
+callers use their masked dense reference while compiling and for non-bf16 accelerator inputs (:func:`sparse_ok`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ if torch.ops.aten._grouped_mm.default not in flop_registry:  # torch 2.13's Flop
         return 2 * mat_a.shape[0] * (mat_a.shape[-2] if mat_a.dim() == 3 else 1) * k * n
 
 
-def sparse_ok() -> bool:
-    """Whether the grouped-matmul path can run here (eager mode)."""
-    return not torch.compiler.is_compiling()
+def sparse_ok(x: Tensor) -> bool:
+    """Whether the grouped-matmul path can run on ``x``: eager mode, and CPU (any float dtype) or bf16 (the only
+    dtype of the CUDA kernel, SM >= 80); elsewhere callers use their masked reference. Not yet run on a GPU."""
+    return not torch.compiler.is_compiling() and (x.device.type == "cpu" or x.dtype == torch.bfloat16)
 
 
 def _gmm(a: Tensor, w: Tensor, offs: Tensor) -> Tensor:

@@ -9,8 +9,8 @@
 Both take ``impl``: ``"sparse"`` (default) runs every expert only on the rows routed to it (grouped matmul,
 :mod:`.dispatch`); ``"masked"`` is the reference that computes every expert densely and masks/weights the
 outputs. SP-MoE is sparse in training and inference; DTSI trains densely by design (both routers weight every
-expert) and is sparse at inference. Under ``torch.compile`` both use the masked path (no fp32 grouped-matmul
-meta kernel in torch 2.13). ``flops()`` counts what runs, ``active_flops()`` the active experts only.
+expert) and is sparse at inference. Under ``torch.compile``, and on accelerators unless the input is bf16, both
+use the masked path (:func:`.dispatch.sparse_ok`). ``flops()`` counts what runs, ``active_flops()`` the active experts only.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class DTSIPerTokenMoE(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         if not self.training:
             g = self.gates(x, self.eval_router)
-            if self.impl == "sparse" and sparse_ok():
+            if self.impl == "sparse" and sparse_ok(x):
                 return self.drop(self.sparse_mixture(x, g)), g, None
             return self.drop(torch.einsum("bte,bted->btd", g, self.experts(x))), g, None
         out = self.experts(x)
@@ -183,7 +183,7 @@ class SPMoESwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         experts, gates, mask = self.route(x)
-        if self.impl == "sparse" and sparse_ok():
+        if self.impl == "sparse" and sparse_ok(x):
             return self._sparse(x, experts, gates), mask
         scale = torch.zeros_like(mask, dtype=x.dtype).scatter(-1, experts, gates.to(x.dtype))
         scale[..., 0] = 1.0  # shared expert
