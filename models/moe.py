@@ -177,6 +177,8 @@ class SPMoESwiGLU(nn.Module):
                                 w_in.reshape(t * e, d, 2 * c), w_out.reshape(t * e, c, d), swiglu,
                                 None if b_in is None else b_in.reshape(t * e, 2 * c))
             y = y + routed.reshape(b, t, d)
+        else:  # shared expert only: keep the router in the graph (DDP wants a gradient, even zero, for each parameter)
+            y = y + 0.0 * gates.sum()
         if self.ffn.down.bias is not None:
             y = y + self.ffn.down.bias
         return self.ffn.drop(y)
