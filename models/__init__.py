@@ -20,7 +20,7 @@ from .dnn import DNN
 from .rankmixer import RankMixer
 from .rankmixer_moe import RankMixerMoE
 from .tokenmixer_large import TokenMixerLarge, TokenMixerLargeMoE
-from .unimixer import UniMixer, UniMixingLite
+from .unimixer import UniMixer, UniMixerMoE, UniMixingLite
 from .wukong import Wukong
 from .zoo import (
     ModelSummary,
@@ -31,7 +31,8 @@ from .zoo import (
     register_model,
 )
 
-for _cls in (DNN, DCNv2, RankMixer, RankMixerMoE, TokenMixerLarge, TokenMixerLargeMoE, UniMixer, UniMixingLite, Wukong):
+for _cls in (DNN, DCNv2, RankMixer, RankMixerMoE, TokenMixerLarge, TokenMixerLargeMoE, UniMixer, UniMixerMoE, UniMixingLite,
+             Wukong):
     register_model(_cls)
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "TokenMixerLarge",
     "TokenMixerLargeMoE",
     "UniMixer",
+    "UniMixerMoE",
     "UniMixingLite",
     "Wukong",
     "FeatureLayout",

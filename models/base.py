@@ -119,6 +119,24 @@ def inherits_keywords(parent: type) -> Callable[[_Init], _Init]:
     return decorate
 
 
+def check_ids(layout: FeatureLayout, categorical: Tensor) -> None:
+    """Raise ``ValueError`` naming the first field whose id is outside ``[0, card)``.
+
+    ``categorical`` [B, n_id_columns] int64. Reads the tensor on the host: call it on the data path (CPU
+    batches), not inside a GPU forward.
+    """
+    cards = torch.tensor([layout.cardinalities[f] for f in layout.column_fields], dtype=torch.long)
+    bad = (categorical < 0) | (categorical >= cards.to(categorical.device))
+    if bool(bad.any()):
+        column = int(bad.any(0).nonzero()[0, 0])
+        field = layout.column_fields[column]
+        where = f" (id column {column})" if layout.bag_sizes else ""
+        raise ValueError(
+            f"categorical id out of range in field {field}{where}: ids must be in "
+            f"[0, {layout.cardinalities[field]}) (0 = OOV bucket)"
+        )
+
+
 class RankingModel(nn.Module):
     """Base class of every ranking model.
 
@@ -131,6 +149,7 @@ class RankingModel(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    validate_ids: bool = True  # False: skip the id range check of CPU forwards (the data path already checked)
 
     def __init__(self, layout: FeatureLayout) -> None:
         super().__init__()
@@ -142,11 +161,6 @@ class RankingModel(nn.Module):
         self._aux_logits: list[Tensor] = []  # auxiliary-tower logits of the last training forward
         self._aux_logit_weight: float = 0.0
         self._last_labels: Tensor | None = None
-        # cardinality of each id column (a multi-hot field repeats its own)
-        self.register_buffer(
-            "_cards", torch.tensor([layout.cardinalities[f] for f in layout.column_fields], dtype=torch.long),
-            persistent=False,
-        )
 
     # ----------------------------------------------------------------- config
     def _store_config(self, local_vars: dict[str, Any]) -> None:
@@ -160,6 +174,14 @@ class RankingModel(nn.Module):
         """``{"name": registry name, "kwargs": constructor kwargs}``; with the layout it rebuilds the model."""
         kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._hparams.items()}
         return {"name": self.name, "kwargs": kwargs}
+
+    def _zero_biases(self, *modules: nn.Module) -> None:
+        """Zero the additive biases of ``modules`` (tokenizers, per-token FFNs): ``zero_bias_init=True``."""
+        with torch.no_grad():
+            for module in modules:
+                for name, p in module.named_parameters():
+                    if name.rsplit(".", 1)[-1] in ("bias", "b1", "b2"):
+                        p.zero_()
 
     # ------------------------------------------------------------------ forward
     def _check_inputs(self, categorical: Tensor, dense: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -177,16 +199,10 @@ class RankingModel(nn.Module):
             dense = categorical.new_zeros((b, 0), dtype=torch.float32)
         if dense.dim() != 2 or dense.shape != (b, lay.n_dense):
             raise ValueError(f"dense must have shape [{b}, {lay.n_dense}], got {tuple(dense.shape)}")
-        if lay.n_cat and b:
-            bad = (categorical < 0) | (categorical >= self._cards)
-            if bool(bad.any()):
-                column = int(bad.any(0).nonzero()[0, 0])
-                field = lay.column_fields[column]
-                where = f" (id column {column})" if lay.bag_sizes else ""
-                raise ValueError(
-                    f"categorical id out of range in field {field}{where}: ids must be in "
-                    f"[0, {lay.cardinalities[field]}) (0 = OOV bucket)"
-                )
+        # Range check only for CPU inputs in eager mode: there it costs no device sync. On an accelerator, or
+        # under torch.compile, the data path checks ids (check_ids; the preprocessor maps unknowns to 0).
+        if self.validate_ids and lay.n_cat and b and categorical.device.type == "cpu" and not torch.compiler.is_compiling():
+            check_ids(lay, categorical)
         return categorical, dense.float()
 
     def forward(self, categorical: Tensor, dense: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
@@ -239,6 +255,11 @@ class RankingModel(nn.Module):
 
     def _flops(self) -> int:  # pragma: no cover
         raise NotImplementedError
+
+    def active_flops_per_example(self) -> int:
+        """FLOPs per example of the active experts only (MoE models; ``flops_per_example`` otherwise): equal to
+        ``flops_per_example`` when the MoE runs sparse, less when it runs the masked dense reference."""
+        return self.flops_per_example()
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, layout={self.layout}"

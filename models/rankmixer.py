@@ -66,6 +66,8 @@ class RankMixer(RankingModel):
         tower_dims: hidden widths of the output tower.
         dropout: dropout on PFFN outputs and in the tower.
         shared_projection: share the tokenizer projection across segments (ablation).
+        embedding_norm: per-field LayerNorm on the embeddings (docs/models.md); embedding_init_std: the
+            embedding table's N(0, std²) init; zero_bias_init: zero tokenizer and PFFN biases at init.
     """
 
     name = "rankmixer"
@@ -82,6 +84,8 @@ class RankMixer(RankingModel):
         tower_dims: tuple[int, ...] = (64,),
         dropout: float = 0.0,
         embedding_norm: bool = True,
+        embedding_init_std: float = 1e-4,
+        zero_bias_init: bool = False,
         shared_projection: bool = False,
     ) -> None:
         super().__init__(layout)
@@ -95,11 +99,13 @@ class RankMixer(RankingModel):
         tower_dims = as_int_tuple("tower_dims", tower_dims) if tower_dims else ()
         self.T, self.D = num_tokens, d_model
         self.ffn_hidden = max(1, int(round(ffn_ratio * d_model)))
-        self.embedding = FeatureEmbedding(layout, embedding_dim, field_norm=embedding_norm)
+        self.embedding = FeatureEmbedding(layout, embedding_dim, init_std=embedding_init_std, field_norm=embedding_norm)
         self.tokenizer = ConcatTokenizer(layout.num_fields, embedding_dim, num_tokens, d_model, shared_projection)
         self.blocks = nn.ModuleList(self._make_block() for _ in range(num_layers))
         self.tower = Tower(d_model, tower_dims, dropout=dropout)
         self._dropout = dropout
+        if zero_bias_init:
+            self._zero_biases(self.tokenizer, self.blocks)
 
     def _make_block(self) -> nn.Module:
         return RankMixerBlock(self.T, self.D, self.ffn_hidden, self._block_dropout())

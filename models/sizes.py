@@ -36,6 +36,10 @@ _SIZE_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     # model (spec §4.8: T=16, D=96, 4 blocks), small and mixing-bound.
     "unimixer_large": ("unimixer", dict(embedding_dim=32, num_tokens=16, d_model=768, num_layers=2, block_size=64, ffn_ratio=1.5)),
     "unimixer_production": ("unimixer", dict(embedding_dim=32, num_tokens=16, d_model=96, num_layers=4, block_size=16)),
+    # UniMixer with per-token SP-MoE SwiGLUs (E=4, 1 shared + top-1 routed): unimixer_base/_large with 2x the FFN
+    # width as experts, half of it active
+    "unimixer_moe_base": ("unimixer_moe", dict(embedding_dim=16, num_tokens=8, d_model=64, num_layers=4, block_size=8, ffn_ratio=4)),
+    "unimixer_moe_large": ("unimixer_moe", dict(embedding_dim=32, num_tokens=16, d_model=768, num_layers=2, block_size=64, ffn_ratio=3)),
     "unimixer_lite_small": ("unimixer_lite", dict(embedding_dim=8, num_tokens=4, d_model=32, num_layers=2, block_size=4, num_basis=4)),
     "unimixer_lite_base": ("unimixer_lite", dict(embedding_dim=16, num_tokens=8, d_model=64, num_layers=4, block_size=4, num_basis=4)),
     "unimixer_lite_large": ("unimixer_lite", dict(embedding_dim=32, num_tokens=16, d_model=768, num_layers=2, block_size=16, num_basis=4, rank=96, ffn_ratio=1.5)),
@@ -80,6 +84,8 @@ unimixer_small = _named("unimixer_small")
 unimixer_base = _named("unimixer_base")
 unimixer_large = _named("unimixer_large")
 unimixer_production = _named("unimixer_production")
+unimixer_moe_base = _named("unimixer_moe_base")
+unimixer_moe_large = _named("unimixer_moe_large")
 unimixer_lite_small = _named("unimixer_lite_small")
 unimixer_lite_base = _named("unimixer_lite_base")
 unimixer_lite_large = _named("unimixer_lite_large")

@@ -24,7 +24,8 @@
 Auxiliary towers need labels: pass ``labels=`` to ``forward`` or to ``auxiliary_loss``; without labels the
 auxiliary BCE is 0.
 FLOPs per example (dense, H = T): tokenizer + L·12·n·T·D² + routers + towers (aux towers excluded: they only
-run in training).
+run in training). With SP-MoE the sparse path computes k/E of the SwiGLU work (``moe_impl="masked"``, the
+reference, computes all of it); :meth:`active_flops_per_example` counts the active experts only.
 """
 
 from __future__ import annotations
@@ -77,11 +78,11 @@ class _FFN(nn.Module):
     """pSwiGLU or its SP-MoE version; returns (y, active mask or None)."""
 
     def __init__(self, tokens: int, width: int, hidden: int, num_experts: int, top_k: int, alpha: float,
-                 down_init_scale: float, dropout: float):
+                 down_init_scale: float, dropout: float, impl: str = "sparse"):
         super().__init__()
         if num_experts > 1:
             self.moe = SPMoESwiGLU(tokens, width, hidden, num_experts, top_k, alpha, bias=False,
-                                   down_init_scale=down_init_scale, dropout=dropout)
+                                   down_init_scale=down_init_scale, dropout=dropout, impl=impl)
             self.ffn = None
         else:
             self.moe = None
@@ -95,21 +96,26 @@ class _FFN(nn.Module):
     def flops(self) -> int:
         return (self.moe or self.ffn).flops()
 
+    def active_flops(self) -> int:
+        return self.moe.active_flops() if self.moe is not None else self.ffn.flops()
+
 
 class TokenMixerLargeBlock(nn.Module):
     """Mix → pSwiGLU+res → Revert → pSwiGLU+res (pre-RMSNorm). [B, T, D] -> [B, T, D]."""
 
     def __init__(self, num_tokens: int, d_model: int, num_heads: int, ffn_ratio: float, num_experts: int = 1,
-                 top_k: int = 1, alpha: float = 1.0, down_init_scale: float = 0.01, dropout: float = 0.0):
+                 top_k: int = 1, alpha: float = 1.0, down_init_scale: float = 0.01, dropout: float = 0.0,
+                 moe_impl: str = "sparse"):
         super().__init__()
         self.T, self.H = num_tokens, num_heads
         w = num_tokens * d_model // num_heads
         hid_mix = max(1, int(round(ffn_ratio * w)))
         hid_orig = max(1, int(round(ffn_ratio * d_model)))
         self.norm_mix = nn.RMSNorm(w)
-        self.ffn_mix = _FFN(num_heads, w, hid_mix, num_experts, top_k, alpha, down_init_scale, dropout)
+        self.ffn_mix = _FFN(num_heads, w, hid_mix, num_experts, top_k, alpha, down_init_scale, dropout, moe_impl)
         self.norm_orig = nn.RMSNorm(d_model)
-        self.ffn_orig = _FFN(num_tokens, d_model, hid_orig, num_experts, top_k, alpha, down_init_scale, dropout)
+        self.ffn_orig = _FFN(num_tokens, d_model, hid_orig, num_experts, top_k, alpha, down_init_scale, dropout,
+                             moe_impl)
         self.last_masks: list[Tensor] = []
 
     def forward(self, x: Tensor) -> Tensor:
@@ -123,12 +129,16 @@ class TokenMixerLargeBlock(nn.Module):
     def flops(self) -> int:
         return self.ffn_mix.flops() + self.ffn_orig.flops()
 
+    def active_flops(self) -> int:
+        return self.ffn_mix.active_flops() + self.ffn_orig.active_flops()
+
 
 class TokenMixerLarge(RankingModel):
     """Args: embedding_dim, num_tokens (T incl. the global token), d_model (D), num_heads (H, divides D),
     num_layers, ffn_ratio (n), inter_residual_every (r, 0 = off), aux_loss_weight, down_init_scale,
-    global_token, pooling ("mean" | "global"), tower_dims, dropout, num_experts (E; 1 = dense),
-    top_k (active experts incl. the shared one), moe_alpha (α)."""
+    global_token, pooling ("mean" | "global"), tower_dims, dropout, embedding_norm, embedding_init_std,
+    zero_bias_init (tokenizer biases), num_experts (E; 1 = dense),
+    top_k (active experts incl. the shared one), moe_alpha (α), moe_impl ("sparse" | "masked" reference)."""
 
     name = "tokenmixer_large"
 
@@ -150,9 +160,12 @@ class TokenMixerLarge(RankingModel):
         tower_dims: tuple[int, ...] = (64,),
         dropout: float = 0.0,
         embedding_norm: bool = True,
+        embedding_init_std: float = 1e-4,
+        zero_bias_init: bool = False,
         num_experts: int = 1,
         top_k: int = 1,
         moe_alpha: float = 1.0,
+        moe_impl: str = "sparse",
     ) -> None:
         super().__init__(layout)
         self._store_config(locals())
@@ -179,11 +192,11 @@ class TokenMixerLarge(RankingModel):
         tower_dims = as_int_tuple("tower_dims", tower_dims) if tower_dims else ()
         self.T, self.D, self.L = num_tokens, d_model, num_layers
         self.pooling = pooling
-        self.embedding = FeatureEmbedding(layout, embedding_dim, field_norm=embedding_norm)
+        self.embedding = FeatureEmbedding(layout, embedding_dim, init_std=embedding_init_std, field_norm=embedding_norm)
         self.tokenizer = GroupTokenizer(layout.num_fields, embedding_dim, n_groups, d_model, global_token)
         self.blocks = nn.ModuleList(
             TokenMixerLargeBlock(num_tokens, d_model, num_heads, ffn_ratio, num_experts, top_k, moe_alpha,
-                                 down_init_scale, dropout)
+                                 down_init_scale, dropout, moe_impl)
             for _ in range(num_layers)
         )
         r = self.inter_residual_every = int(inter_residual_every)
@@ -195,7 +208,9 @@ class TokenMixerLarge(RankingModel):
         self._aux_logit_weight = float(aux_loss_weight)
         self.final_norm = nn.RMSNorm(d_model)
         self.tower = Tower(d_model, tower_dims, dropout=dropout)
-        self._active: Tensor | None = None
+        self._load: Tensor | None = None
+        if zero_bias_init:
+            self._zero_biases(self.tokenizer)  # the blocks have no biases
 
     def _pool(self, x: Tensor) -> Tensor:
         return x[:, 0] if self.pooling == "global" else x.mean(dim=1)
@@ -213,20 +228,22 @@ class TokenMixerLarge(RankingModel):
                     self._aux_logits.append(self.aux_towers[str(i)](self._pool(x)))
             outs.append(x)
         if masks:
-            with torch.no_grad():
-                self._active = torch.stack([m.float().mean() for m in masks]).mean()
+            with torch.no_grad():  # per-expert load: fraction of token rows each expert ran on
+                self._load = torch.stack([m.float().mean((0, 1)) for m in masks]).mean(0)
         return self.tower(self._pool(self.final_norm(x)))
 
-    def routing_stats(self) -> dict[str, float]:
-        """Achieved active-expert ratio (incl. the shared expert) of the last forward; 1.0 when dense."""
+    def routing_stats(self) -> dict[str, float | list[float]]:
+        """Achieved active-expert ratio (incl. the shared expert) of the last forward (1.0 when dense) and the
+        per-expert load (fraction of token rows each expert ran on, averaged over the MoE layers)."""
         e, k = self._hparams["num_experts"], self._hparams["top_k"]
-        return {
-            "active_ratio": float(self._active) if self._active is not None else 1.0,
-            "target_active_ratio": k / e,
-        }
+        load = self._load.tolist() if self._load is not None else [1.0] * e
+        return {"active_ratio": sum(load) / e, "target_active_ratio": k / e, "expert_load": load}
 
     def _flops(self) -> int:
         return self.tokenizer.flops() + sum(b.flops() for b in self.blocks) + self.tower.flops()
+
+    def active_flops_per_example(self) -> int:
+        return self.tokenizer.flops() + sum(b.active_flops() for b in self.blocks) + self.tower.flops()
 
 
 class TokenMixerLargeMoE(TokenMixerLarge):

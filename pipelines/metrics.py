@@ -19,10 +19,11 @@ def predict(model, dataset, batch_size: int, user_column: int | None = None
     with torch.no_grad():
         for columns in dataset.iter_torch_batches(batch_size=batch_size, dtypes=COLUMN_DTYPES):
             batch = Batch.from_arrays(columns)
-            probs.append(torch.sigmoid(model(batch.categorical, batch.dense)).numpy())
-            labels.append(batch.labels.numpy())
+            # batches and outputs may live on the GPU (Ray Train moves batches to the worker's device)
+            probs.append(torch.sigmoid(model(batch.categorical, batch.dense).float()).cpu().numpy())
+            labels.append(batch.labels.cpu().numpy())
             if user_column is not None:
-                users.append(batch.categorical[:, user_column].numpy())
+                users.append(batch.categorical[:, user_column].cpu().numpy())
     cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
     return cat(labels, np.float32), cat(probs, np.float32), cat(users, np.int64)
 

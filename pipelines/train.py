@@ -174,7 +174,19 @@ class TrainWorker:
 
     def validate(self) -> dict[str, float]:
         """Score the validation shard, gather every rank's predictions, compute the metrics on all of them
-        (``rows``: how many; ``uauc`` with a user column)."""
+        (``rows``: how many; ``uauc`` with a user column). A dual-router MoE (DTSI, ``eval_router``) is scored
+        with its inference router (the metrics) and its train router too: ``auc_{infer,train}_router``."""
+        valid = self._score()
+        if hasattr(self.model, "eval_router"):
+            valid["auc_infer_router"] = valid["auc"]
+            self.model.eval_router = "train"
+            try:
+                valid["auc_train_router"] = self._score()["auc"]
+            finally:
+                self.model.eval_router = "infer"
+        return valid
+
+    def _score(self) -> dict[str, float]:
         user_column = self.cfg["user_column"]
         scored = predict(self.model, self.valid_shard, self.cfg["batch_size"] * 4, user_column)
         gathered = self._all_gather(scored)
@@ -191,7 +203,8 @@ class TrainWorker:
                 "train_loss": stats.train_loss, "train_samples_per_s": stats.samples / max(stats.seconds, 1e-9),
                 "valid_auc": valid["auc"], "valid_logloss": valid["logloss"],
                 "valid_calibration": valid["calibration"], "valid_uauc": valid.get("uauc", float("nan")),
-                "valid_rows": int(valid["rows"]), "num_nodes": len(set(self.nodes)), "worker_pid": os.getpid()}
+                "valid_rows": int(valid["rows"]), "num_nodes": len(set(self.nodes)), "worker_pid": os.getpid(),
+                **{f"valid_{k}": valid[k] for k in ("auc_infer_router", "auc_train_router") if k in valid}}
 
     # --- report + checkpoint -------------------------------------------------------------------------------
     def report(self, metrics: dict, next_epoch: int, next_step: int) -> None:

@@ -28,6 +28,9 @@ def test_zoo_model_trains_with_ray_train_and_reloads(prepared, model_name, preci
     kwargs = {"num_layers": 4} if model_name == "tokenmixer_large" else {}  # 4 blocks: aux towers, which need labels
     outcome = train(data["train"], data["valid"], pre, model_name, kwargs, cfg, tmp_path, run_name=f"zoo-{model_name}")
     assert 0.0 <= outcome.metrics["valid_auc"] <= 1.0 and outcome.metrics["valid_rows"] > 0
+    if model_name == "rankmixer_moe":  # DTSI: validation AUC with the inference router and with the train router
+        assert outcome.metrics["valid_auc_infer_router"] == outcome.metrics["valid_auc"]
+        assert 0.0 <= outcome.metrics["valid_auc_train_router"] <= 1.0
     model, loaded_pre, spec = load_checkpoint(outcome.checkpoint_dir)
     assert spec["name"] == model_name and loaded_pre.layout() == pre.layout()
     batch = next(iter(data["valid"].iter_torch_batches(batch_size=16)))

@@ -143,7 +143,8 @@ def test_summary_table():
 
 
 # --------------------------------------------------------------------------- zoo and sizes
-MOE_OWN = ["num_experts", "expert_hidden", "target_active_ratio", "l1_lambda_init", "lambda_lr", "distill_weight"]
+MOE_OWN = ["num_experts", "expert_hidden", "target_active_ratio", "l1_lambda_init", "lambda_lr", "distill_weight",
+           "moe_impl"]
 
 
 def test_moe_variants_take_their_parents_keywords():
@@ -155,7 +156,7 @@ def test_moe_variants_take_their_parents_keywords():
     assert list(rankmixer_moe.config()["kwargs"]) == [*build_model("rankmixer", LAYOUT).config()["kwargs"], *MOE_OWN]
     assert rankmixer_moe.config()["kwargs"]["num_layers"] == 3 and rankmixer_moe.layer_active_ratio.shape == (3,)
     with pytest.raises(ValueError, match=r"unknown keyword\(s\) \['bogus'\] for model 'rankmixer_moe'; "
-                                         r"allowed: \['embedding_dim', .*'distill_weight'\]"):
+                                         r"allowed: \['embedding_dim', .*'moe_impl'\]"):
         build_model("rankmixer_moe", LAYOUT, bogus=1)
 
 
@@ -169,3 +170,36 @@ def test_named_sizes_build_their_architecture_with_overrides():
     assert sizes.rankmixer_small.__doc__.startswith("Named size 'rankmixer_small': rankmixer with")
     with pytest.raises(ValueError, match=r"or a named size: .*unimixer_small"):
         build_model("unimixer_tiny", LAYOUT)
+
+
+# --------------------------------------------------------------------------- GPU readiness
+# every model's eval forward; the training forwards that keep per-step state (τ step, MoE λ, aux towers)
+GRAPH_CASES = [(name, "eval") for name in available_models()] + [
+    (name, "train") for name in ("rankmixer_moe", "tokenmixer_large_moe", "unimixer_moe")]
+
+
+@pytest.mark.parametrize("name,mode", GRAPH_CASES, ids=[f"{n}-{m}" for n, m in GRAPH_CASES])
+def test_forward_compiles_without_graph_breaks(name, mode):
+    """No host sync (id check, τ step) or untraceable op in any forward: one dynamo graph."""
+    torch.manual_seed(0)
+    kw = dict(sinkhorn_iters=3) if name.startswith("unimixer") else {}  # a short unrolled Sinkhorn: fast to trace
+    model = build_model(name, LAYOUT, **kw).train(mode == "train")
+    cat, dense, _ = tiny_batch(LAYOUT, 4)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(cat, dense)
+    assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
+# --------------------------------------------------------------------------- init keywords (issue 15 item 2)
+@pytest.mark.parametrize("name", ["rankmixer", "rankmixer_moe", "unimixer", "unimixer_moe", "tokenmixer_large"])
+def test_zero_bias_init_and_embedding_init_std(name):
+    torch.manual_seed(0)
+    model = build_model(name, LAYOUT, zero_bias_init=True, embedding_init_std=0.05, embedding_norm=False)
+    biases = {n: p for n, p in model.named_parameters()
+              if n.startswith(("tokenizer", "blocks")) and n.rsplit(".", 1)[-1] in ("bias", "b1", "b2")}
+    assert biases and all(not p.any() for p in biases.values()), [n for n, p in biases.items() if p.any()]
+    assert model.embedding.table.weight.std().item() == pytest.approx(0.05, rel=0.3)
+    default = build_model(name, LAYOUT)
+    assert any(p.any() for n, p in default.named_parameters() if n.startswith("tokenizer") and n.endswith("bias"))
+    assert default.embedding.table.weight.std().item() == pytest.approx(1e-4, rel=0.3)

@@ -88,12 +88,14 @@ def test_sinkhorn_doubly_stochastic():
 
 
 # --------------------------------------------------------------------------- analytic FLOPs
-FLOP_CASES = [(name, {}) for name in available_models()] + [
+# rankmixer_moe's sparse inference computes a data-dependent share of its experts: checked per forward in
+# test_moe.py; here its masked reference
+FLOP_CASES = [(name, dict(moe_impl="masked") if name == "rankmixer_moe" else {}) for name in available_models()] + [
     ("dnn", dict(hidden_dims=(32, 16, 8), embedding_dim=4)),
     ("dcnv2", dict(low_rank=4, structure="stacked")),
     ("dcnv2", dict(structure="crossnet", num_cross_layers=3)),
     ("rankmixer", dict(num_tokens=8, d_model=64, ffn_ratio=4, num_layers=3)),
-    ("rankmixer_moe", dict(num_experts=8, expert_hidden=16)),
+    ("rankmixer_moe", dict(num_experts=8, expert_hidden=16, moe_impl="masked")),
     ("tokenmixer_large", dict(num_tokens=6, d_model=24, num_heads=3, num_layers=4)),
     ("tokenmixer_large", dict(num_tokens=3, d_model=16, num_heads=8, global_token=False, num_layers=3)),
     ("tokenmixer_large_moe", dict(num_experts=8, top_k=3, ffn_ratio=4)),
@@ -243,7 +245,7 @@ def test_unimixer_temperature_schedule_and_no_train_eval_mismatch(name):
     wg, wb = model.blocks[0].mixing.matrices(tau)
     cg, cb = model.blocks[0].mixing._eval_matrices(tau)
     assert torch.equal(wg, cg) and torch.equal(wb, cb)
-    assert torch.allclose(wg.sum(0), torch.ones(wg.shape[0]), atol=1e-5)
+    assert torch.allclose(wg.sum(1), torch.ones(wg.shape[0]), atol=1e-5)  # rows: the axis the global mix uses
     # the schedule is part of the checkpoint
     again = build_model(name, LAYOUT, **model.config()["kwargs"])
     again.load_state_dict(model.state_dict())
