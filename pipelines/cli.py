@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-from .cli_args import ConfigOpt, WorkspaceOpt, cli_config, fail, tracking_config
-from .config import ConfigError, PipelineConfig
+from .cli_args import ConfigOpt, WorkspaceOpt, cli_config, tracking_config
+from .config import PipelineConfig
+from .errors import RunFailed
 
 AddressOpt = Annotated[str, typer.Option("--address", envvar="RAY_JOBS_ADDRESS",
                                          help="Ray dashboard / Jobs API address, e.g. http://127.0.0.1:8265")]
@@ -35,14 +36,10 @@ def run(config: Annotated[Path, typer.Argument(help="pipeline config YAML")],
 def rollback(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
              reason: Annotated[str, typer.Option(help="why (recorded as a tag)")] = "rollback") -> None:
     """Move `champion` back to the version it pointed at before its last move."""
-    from .registry import RegistryError
     from .registry import rollback as rollback_champion
 
     cfg = tracking_config(config, workspace)
-    try:
-        mv = rollback_champion(cfg.registry.model_name, reason=reason)
-    except RegistryError as err:
-        fail(str(err))
+    mv = rollback_champion(cfg.registry.model_name, reason=reason)
     typer.echo(f"{mv.name} v{mv.version} is champion again (aliases: {', '.join(mv.aliases)})")
 
 
@@ -52,16 +49,13 @@ def submit(config: Annotated[Path, typer.Argument(help="pipeline config YAML")],
     """Submit the pipeline to a Ray cluster as a Ray Job; prints the job id."""
     from . import jobs
 
-    try:
-        job_id = jobs.submit(config, address)
-    except ConfigError as err:
-        fail(str(err))
+    job_id = jobs.submit(config, address)
     typer.echo(job_id)
     if wait:
         final = jobs.wait(address, job_id, progress=lambda s: typer.echo(f"  {s}", err=True))
         if final != "SUCCEEDED":
             typer.echo(jobs.logs(address, job_id)[-4000:], err=True)
-            raise typer.Exit(1)
+            raise RunFailed(f"Ray Job {job_id} ended {final} (its log's tail is above)")
 
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Ray Jobs on a cluster: list, status, logs, stop.")

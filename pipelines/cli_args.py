@@ -1,5 +1,5 @@
 """What every package's command-line verbs share: the --config and --workspace options, loading the config
-they name, and the error convention (one line on stderr, exit 2 for bad input)."""
+they name. Errors are raised as :mod:`.errors` types; the root command prints them (``mixrec.cli.errors``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from .config import ConfigError, PipelineConfig, load_config, parse_config
+from .config import PipelineConfig, load_config, parse_config
+from .errors import BadInput
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="pipeline config YAML (default: built-in)")]
 WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w",
@@ -16,27 +17,23 @@ WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w",
 
 
 def fail(message: str) -> NoReturn:
-    """Print ``error: message`` and exit 2 (bad input)."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    """Bad input: the root prints ``error: message`` and exits 2."""
+    raise BadInput(message)
 
 
 def cli_config(path: Path | None, workspace: Path | None, overrides: dict | None = None) -> PipelineConfig:
     """The config file (or the built-in defaults) with command-line overrides: ``{section: {key: value}}``
-    updates a section, ``--workspace`` replaces the workspace. A bad value fails with the config's message."""
-    try:
-        cfg = load_config(path) if path else PipelineConfig()
-        data = cfg.to_dict()
-        for section, values in (overrides or {}).items():
-            if isinstance(values, dict):
-                data.setdefault(section, {}).update(values)
-            else:
-                data[section] = values
-        if workspace:
-            data["workspace"] = str(workspace)
-        return parse_config(data, str(path) if path else "(defaults)")
-    except ConfigError as err:
-        fail(str(err))
+    updates a section, ``--workspace`` replaces the workspace. A bad value raises ConfigError (exit 2)."""
+    cfg = load_config(path) if path else PipelineConfig()
+    data = cfg.to_dict()
+    for section, values in (overrides or {}).items():
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    if workspace:
+        data["workspace"] = str(workspace)
+    return parse_config(data, str(path) if path else "(defaults)")
 
 
 def tracking_config(path: Path | None, workspace: Path | None) -> PipelineConfig:

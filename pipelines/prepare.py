@@ -22,6 +22,7 @@ from mixrec.features.synthetic import generate, write_sources
 from .config import ConfigError, PipelineConfig, data_root, dataset_spec
 from .ingest import retrieve_to_shards
 from .progress import StepTimer
+from .secrets import redact
 from .workspace import Workspace
 
 
@@ -31,9 +32,16 @@ def feast_settings(cfg: PipelineConfig, ws: Workspace) -> tuple[str | dict, dict
     return registry, online
 
 
+def write_feature_store_config(cfg: PipelineConfig, ws: Workspace) -> Path:
+    """The workspace's ``feature_store.yaml``. Secrets stay ``${NAME}`` references in the file: Feast fills
+    them from the environment when it reads it."""
+    registry, online = redact(feast_settings(cfg, ws))
+    return feast_repo.write_repo_config(ws.feast_repo, cfg.features.project, registry, online,
+                                        redact(cfg.features.offline_store))
+
+
 def setup_feature_store(cfg: PipelineConfig, ws: Workspace, schema: DatasetSchema, sources: dict[str, Path]):
-    registry, online = feast_settings(cfg, ws)
-    feast_repo.write_repo_config(ws.feast_repo, cfg.features.project, registry, online, cfg.features.offline_store)
+    write_feature_store_config(cfg, ws)
     store = feast_repo.open_store(ws.feast_repo)
     feast_repo.apply(store, feast_repo.build_definitions(schema, sources, cfg.features.ttl_days))
     return store

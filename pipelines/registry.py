@@ -19,6 +19,8 @@ from pathlib import Path
 
 import mlflow
 
+from .errors import EXIT_BAD_INPUT
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 ALIAS_LOG_PREFIX = "alias_log."
@@ -26,7 +28,9 @@ LOCK_TIMEOUT_S = 120
 
 
 class RegistryError(RuntimeError):
-    pass
+    """The registry lacks what was asked for (a model, version or alias) or refused a move."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 def tracking_uri_for(configured: str | None, workspace) -> str:

@@ -43,8 +43,7 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
 
     tracking_uri = registry.setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws)
     with mlflow.start_run(run_name=f"pipeline-{cfg.model.name}") as run:
-        mlflow.log_params({"model.name": cfg.model.name, **{f"data.{k}": v for k, v in cfg.data.model_dump().items()}})
-        mlflow.log_dict(cfg.to_dict(), "config.json")
+        public = log_config(cfg)
         mlflow.log_dict(data.suite, "validation/suite.json")
         mlflow.log_dict(data.validation_report, "validation/report.json")
         mlflow.log_text(data.validation_summary, "validation/summary.txt")
@@ -53,8 +52,7 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
         with (timer.step("train", f"Ray Train: {cfg.model.name} on {cfg.train.num_workers} worker(s), {cfg.train.epochs} epoch(s)"),
               mlflow.start_run(run_name=f"train-{cfg.model.name}", nested=True) as train_run):
             # One MLflow run per training, nested under the pipeline's run; rank 0 logs its per-epoch metrics.
-            mlflow.log_params({"model.name": cfg.model.name, **{f"model.{k}": v for k, v in cfg.model.kwargs.items()},
-                               **{f"train.{k}": v for k, v in cfg.train.model_dump().items()}})
+            log_config(cfg, nested=True)
             outcome = train(prepared["train"], prepared["valid"], preprocessor, cfg.model.name, cfg.model.kwargs,
                             cfg.train, ws.ray_storage, run_name=f"train-{train_run.info.run_id}",
                             tracking_uri=tracking_uri, mlflow_run_id=train_run.info.run_id, user_key=schema.user_key)
@@ -72,7 +70,7 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
                 outcome.checkpoint_dir, example, cfg.registry.model_name,
                 tags={"model": cfg.model.name, "feast_feature_service": feast_repo.FEATURE_SERVICE,
                       "test_auc": f"{test_metrics['auc']:.5f}",
-                      **lineage.lineage_tags(data.source_files, schema, feast_repo.FEATURE_SERVICE, cfg.to_dict())})
+                      **lineage.lineage_tags(data.source_files, schema, feast_repo.FEATURE_SERVICE, public)})
         mlflow.log_metrics({f"step_seconds_{k}": v for k, v in timer.seconds.items()})
         write_json_atomic({"run_id": run.info.run_id, "version": registered.version, "counts": counts,
                            "step_seconds": timer.seconds}, ws.last_run_path)
@@ -80,6 +78,22 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
     return PipelineResult(workspace=ws, model_name=registered.name, version=registered.version,
                           aliases=registered.aliases, metrics=metrics, counts=counts,
                           step_seconds=timer.seconds, run_id=run.info.run_id)
+
+
+def log_config(cfg: PipelineConfig, nested: bool = False) -> dict:
+    """Log the config to the active MLflow run: the pipeline run gets the data params and ``config.json``,
+    the nested training run the model and train params. Every ``${NAME}`` secret stays a reference
+    (:meth:`PipelineConfig.public_dict`); returns that public dict (the lineage tags take it too)."""
+    import mlflow
+
+    public = cfg.public_dict()
+    if nested:
+        mlflow.log_params({"model.name": cfg.model.name, **{f"model.{k}": v for k, v in public["model"]["kwargs"].items()},
+                           **{f"train.{k}": v for k, v in public["train"].items()}})
+    else:
+        mlflow.log_params({"model.name": cfg.model.name, **{f"data.{k}": v for k, v in public["data"].items()}})
+        mlflow.log_dict(public, "config.json")
+    return public
 
 
 def evaluate_checkpoint(checkpoint_dir: Path, dataset) -> dict[str, float]:

@@ -11,9 +11,9 @@ from typing import Annotated
 import typer
 
 from mixrec.pipelines.cli_args import ConfigOpt, WorkspaceOpt, cli_config, fail, tracking_config
-from mixrec.pipelines.config import ConfigError
+from mixrec.pipelines.errors import RunFailed, Unreachable
 
-from .client import TOKEN_ENV, RequestFileError, parse_items, rank, read_requests, served_url
+from .client import TOKEN_ENV, parse_items, rank, read_requests, served_url
 from .splitter import normalize_weights, parse_weights
 
 RequestsOpt = Annotated[int, typer.Option(help="simulated requests (one impression each)")]
@@ -36,15 +36,10 @@ def block_until_interrupted(url: str) -> None:
 def serve(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
           port: Annotated[int | None, typer.Option(help="HTTP port (loopback)")] = None) -> None:
     """Serve the registered champion (and challenger) behind the A/B splitter until Ctrl-C."""
-    from mixrec.pipelines.registry import RegistryError
-
     from .server import start_serving
 
     cfg = cli_config(config, workspace, {"serve": {"port": port}} if port else None)
-    try:
-        url = start_serving(cfg)
-    except RegistryError as err:
-        fail(str(err))
+    url = start_serving(cfg)
     block_until_interrupted(url)
 
 
@@ -65,25 +60,22 @@ def query(user: Annotated[int | None, typer.Option(help="user id")] = None,
 
     if (file is None) == (user is None or items is None):
         fail("give either --user and --items, or --file")
-    try:
-        if file is None:
-            context = {k: v for k, v in (("device", device), ("hour", hour)) if v is not None}
-            requests = [{"user_id": user, "items": parse_items(items, "--items"), "context": context}]
-        else:
-            requests = read_requests(file)
-        base = url or served_url(workspace)
-    except RequestFileError as err:
-        fail(str(err))
+    if file is None:
+        context = {k: v for k, v in (("device", device), ("hour", hour)) if v is not None}
+        requests = [{"user_id": user, "items": parse_items(items, "--items"), "context": context}]
+    else:
+        requests = read_requests(file)
+    base = url or served_url(workspace)
     failed = 0
     try:
         for n, (status, body) in enumerate(rank(base, requests, token_env, timeout), start=1):
             failed += status >= 400
             typer.echo(json.dumps(body, indent=2) if file is None
                        else json.dumps({"line": n, "status": status, "response": body}))
-    except httpx.HTTPError as err:
-        fail(f"cannot reach {base}: {err}")
+    except httpx.TransportError as err:
+        raise Unreachable(f"cannot reach {base}: {err}") from err
     if failed:
-        raise typer.Exit(1)
+        raise RunFailed(f"{failed} of {len(requests)} request(s) failed (their responses are above)")
 
 
 ab_app = typer.Typer(no_args_is_help=True, help="The served A/B test: change arms and weights live.")
@@ -94,19 +86,11 @@ def ab_set_weights(weights: Annotated[list[str], typer.Argument(help="ALIAS=WEIG
                    config: ConfigOpt = None, workspace: WorkspaceOpt = None) -> None:
     """Change the served arms and weights live (no dropped requests): aliases are resolved again, the splitter
     is reconfigured, rankers of unchanged versions keep running. An alias left out gets no traffic."""
-    try:
-        parsed = parse_weights(weights)
-    except ValueError as err:
-        fail(str(err))
+    parsed = parse_weights(weights)  # a bad weight is a ValueError: exit 2 before anything is touched
     cfg = cli_config(config, workspace)
-    from mixrec.pipelines.registry import RegistryError
-
     from .server import set_weights
 
-    try:
-        spec = set_weights(cfg, parsed)
-    except (RegistryError, ConfigError, ValueError) as err:
-        fail(str(err))
+    spec = set_weights(cfg, parsed)
     shares = ", ".join(f"{arm} (v{spec.arms[arm]}) {w:.0%}" for arm, w in normalize_weights(spec.weights).items())
     typer.echo(f"serving {spec.model_name}: {shares}")
 
@@ -156,18 +140,14 @@ def abtest_simulate(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
     SRM, mSPRT; report + plots in the workspace and MLflow."""
     import httpx
 
-    from mixrec.pipelines.registry import RegistryError
-
     from .abtest import simulate, simulate_served
 
     cfg = tracking_config(config, workspace)
     spec = simulation_spec(requests, rate, concurrency, candidates, seed, sequential, expected_weights)
     try:
         result = simulate(cfg, url.rstrip("/"), spec, typer.echo) if url else simulate_served(cfg, spec, typer.echo)
-    except (RegistryError, RuntimeError) as err:
-        fail(str(err))
-    except httpx.HTTPError as err:
-        fail(f"cannot reach the splitter at {url}: {err}")
+    except httpx.TransportError as err:
+        raise Unreachable(f"cannot reach the splitter at {url}: {err}") from err
     echo_ab_result(result)
 
 

@@ -7,9 +7,6 @@ from typing import Annotated
 
 import typer
 
-from mixrec.pipelines.cli_args import fail
-from mixrec.pipelines.config import ConfigError
-
 
 def tune(study: Annotated[Path, typer.Argument(help="study YAML (see configs/study_demo.yaml)")],
          resume: Annotated[bool, typer.Option("--resume", help="continue a stopped study: run only missing points")] = False
@@ -18,10 +15,7 @@ def tune(study: Annotated[Path, typer.Argument(help="study YAML (see configs/stu
     from .config import load_study
     from .study import run_study
 
-    try:
-        spec = load_study(study)
-    except ConfigError as err:
-        fail(str(err))
+    spec = load_study(study)
     out = run_study(spec, resume=resume, progress=typer.echo)
     for arch, fit in out["analysis"]["fits"].items():
         for axis, f in fit.items():
