@@ -3,8 +3,10 @@ they name. Errors are raised as :mod:`.errors` types; the root command prints th
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -14,6 +16,43 @@ from .errors import BadInput
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="pipeline config YAML (default: built-in)")]
 WorkspaceOpt = Annotated[Path | None, typer.Option("--workspace", "-w",
                                                    help="workspace folder (default $MIXREC_HOME or ./mixrec-workspace)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON on stdout (progress goes to stderr)")]
+DashboardOpt = Annotated[bool, typer.Option("--dashboard", help="also start the Ray dashboard (127.0.0.1 only)")]
+
+
+def echo_json(obj: Any) -> None:
+    """``obj`` as one JSON document on stdout; NumPy values as plain ones, NaN and infinities as null (JSON has
+    neither)."""
+
+    def clean(o: Any) -> Any:
+        if hasattr(o, "tolist") and hasattr(o, "ndim"):  # a NumPy scalar or array
+            o = o.tolist()
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
+    typer.echo(json.dumps(clean(obj), indent=2, default=str))
+
+
+def progress_printer(as_json: bool):
+    """Progress lines: stdout normally, stderr when stdout carries ``--json`` output."""
+    return lambda line: typer.echo(line, err=as_json)
+
+
+def start_dashboard(enabled: bool) -> None:
+    """``--dashboard``: start the local Ray instance now, with its dashboard on loopback, and say where."""
+    if not enabled:
+        return
+    from .runtime import dashboard_url, init_ray
+
+    init_ray(dashboard=True)
+    url = dashboard_url()
+    typer.echo(f"Ray dashboard: {url} (Ray token auth: sign in with the token in $RAY_AUTH_TOKEN or "
+               f"~/.ray/auth_token)" if url else "Ray dashboard: the joined cluster's own ($RAY_ADDRESS)", err=True)
 
 
 def fail(message: str) -> NoReturn:

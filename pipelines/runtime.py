@@ -32,11 +32,16 @@ def quiet_environment() -> None:
         os.environ.setdefault(key, value)
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, object_store_memory: int | None = None):
+_started: dict[str, str | None] = {"dashboard_url": None}
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, object_store_memory: int | None = None,
+             dashboard: bool = False):
     """Join ``address`` (or $RAY_ADDRESS) when given, else start a private local instance.
 
     A local instance uses ``address="local"`` so that a `ray start` cluster elsewhere on the host is never
-    joined by accident; its workers get :data:`QUIET_ENV` and :data:`WORKER_ENV`.
+    joined by accident; its workers get :data:`QUIET_ENV` and :data:`WORKER_ENV`. ``dashboard``: a local
+    instance also starts the Ray dashboard, on loopback only (:func:`dashboard_url` says where); off by default.
     """
     quiet_environment()
     import ray
@@ -49,9 +54,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
         # Inside a Ray Job the job's runtime_env (shipped code, env vars) applies; don't override it.
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
-                 include_dashboard=False, runtime_env=runtime_env,
-                 log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
+        context = ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
+                           include_dashboard=dashboard, dashboard_host="127.0.0.1", runtime_env=runtime_env,
+                           log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
+        if dashboard:
+            url = context.address_info["webui_url"]
+            _started["dashboard_url"] = url if url.startswith("http") else f"http://{url}"
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -61,3 +69,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
     for name in ("ray.data", "ray.train", "ray.tune", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return ray
+
+
+def dashboard_url() -> str | None:
+    """The Ray dashboard this process started with :func:`init_ray` (``dashboard=True``), else None."""
+    return _started["dashboard_url"]

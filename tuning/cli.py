@@ -7,16 +7,21 @@ from typing import Annotated
 
 import typer
 
+from mixrec.pipelines.cli_args import JsonOpt, echo_json, progress_printer
+
 
 def tune(study: Annotated[Path, typer.Argument(help="study YAML (see configs/study_demo.yaml)")],
-         resume: Annotated[bool, typer.Option("--resume", help="continue a stopped study: run only missing points")] = False
-         ) -> None:
+         resume: Annotated[bool, typer.Option("--resume", help="continue a stopped study: run only missing points")] = False,
+         as_json: JsonOpt = False) -> None:
     """Scaling study: architectures x sizes as Ray Train trials under Ray Tune; power-law fits, plots, ROI pick."""
     from .config import load_study
     from .study import run_study
 
     spec = load_study(study)
-    out = run_study(spec, resume=resume, progress=typer.echo)
+    out = run_study(spec, resume=resume, progress=progress_printer(as_json))
+    if as_json:
+        echo_json({"analysis": out["analysis"], "out_dir": str(out["out_dir"]), "mlflow_run_id": out["run_id"]})
+        return
     for arch, fit in out["analysis"]["fits"].items():
         for axis, f in fit.items():
             typer.echo(f"{arch:<14} loss ~ C^-alpha vs {axis:<15} alpha={f['alpha']:.3f} "
