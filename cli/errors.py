@@ -44,9 +44,13 @@ def causes(err: BaseException) -> Iterator[BaseException]:
         todo.extend(c for c in (inner, e.__cause__, e.__context__) if isinstance(c, BaseException))
 
 
+# Ray's wrappers of a task's, a Ray Data UDF's or a Train worker's exception: their text is a remote traceback,
+# and their cause says it better.
+RAY_WRAPPERS = {"UserCodeException", "WorkerGroupError", "ControllerError", "TrainingFailedError"}
+
+
 def _wrapper(e: BaseException) -> bool:
-    """A Ray wrapper whose text is a remote traceback: its cause says it better."""
-    return type(e).__name__.startswith("RayTaskError") or type(e).__name__ in {"WorkerGroupError", "ControllerError"}
+    return type(e).__name__.startswith("RayTaskError") or type(e).__name__ in RAY_WRAPPERS
 
 
 def one_line(text: str) -> str:

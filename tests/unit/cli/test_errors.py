@@ -102,6 +102,12 @@ def test_ray_task_error_reports_its_cause():
 
     wrapped = RayTaskError("read_csv", "Traceback (most recent call last):\n  ...", ValueError("column 'id': bad"))
     assert classify(wrapped.as_instanceof_cause()) == (2, "column 'id': bad")
+    from ray.exceptions import UserCodeException
+
+    try:  # how Ray Data raises a failed map_batches function
+        raise UserCodeException("UDF failed") from ValueError("column 'price': not a number")
+    except UserCodeException as err:
+        assert classify(err) == (2, "column 'price': not a number")
 
 
 def test_one_line_joins_bullets():
