@@ -18,8 +18,8 @@ from .cli_args import (
     WorkspaceOpt,
     cli_config,
     echo_json,
-    progress_printer,
     start_dashboard,
+    stdout_to_stderr,
     tracking_config,
 )
 from .config import PipelineConfig
@@ -55,14 +55,13 @@ def echo_where_to_look(links: dict[str, str], endpoint: str | None = None, kept_
         typer.echo(f"  endpoint       {endpoint}/rank, API docs {endpoint}/docs{state}")
 
 
-def run_and_report(cfg: PipelineConfig, fresh: bool, as_json: bool = False):
-    """Run the pipeline with progress on stdout (stderr with ``as_json``) and a one-line summary of what was
-    registered; returns (result, MLflow links)."""
+def run_and_report(cfg: PipelineConfig, fresh: bool):
+    """Run the pipeline with progress on stdout and a one-line summary of what was registered; returns
+    (result, MLflow links)."""
     from .run import run_pipeline
 
-    progress = progress_printer(as_json)
-    result = run_pipeline(cfg, fresh=fresh, progress=progress)
-    progress(f"registered {result.model_name} v{result.version} (aliases: {', '.join(result.aliases) or '-'}); "
+    result = run_pipeline(cfg, fresh=fresh, progress=typer.echo)
+    typer.echo(f"registered {result.model_name} v{result.version} (aliases: {', '.join(result.aliases) or '-'}); "
              f"test AUC {result.metrics['test_auc']:.4f}, logloss {result.metrics['test_logloss']:.4f}")
     return result, mlflow_links(cfg, result.run_id, result.model_name, result.version)
 
@@ -78,8 +77,9 @@ def run(config: Annotated[Path, typer.Argument(help="pipeline config YAML")],
         = False, workspace: WorkspaceOpt = None, as_json: JsonOpt = False, dashboard: DashboardOpt = False) -> None:
     """Run the pipeline (generate -> ... -> register) from a config file."""
     cfg = cli_config(config, workspace)
-    start_dashboard(dashboard)
-    result, links = run_and_report(cfg, fresh, as_json)
+    with stdout_to_stderr(as_json):
+        start_dashboard(dashboard)
+        result, links = run_and_report(cfg, fresh)
     if as_json:
         echo_json(result_json(result, links))
     else:

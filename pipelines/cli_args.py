@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -38,9 +42,24 @@ def echo_json(obj: Any) -> None:
     typer.echo(json.dumps(clean(obj), indent=2, default=str))
 
 
-def progress_printer(as_json: bool):
-    """Progress lines: stdout normally, stderr when stdout carries ``--json`` output."""
-    return lambda line: typer.echo(line, err=as_json)
+@contextmanager
+def stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    """With ``--json``, stdout carries the JSON document alone: while the verb runs, everything printed to
+    stdout (its progress, libraries that print, such as Feast's materialization, and processes started
+    meanwhile, such as Ray's) goes to stderr."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)  # file descriptor 1 too: what subprocesses inherit and C code writes to
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def start_dashboard(enabled: bool) -> None:

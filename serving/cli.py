@@ -18,8 +18,8 @@ from mixrec.pipelines.cli_args import (
     cli_config,
     echo_json,
     fail,
-    progress_printer,
     start_dashboard,
+    stdout_to_stderr,
     tracking_config,
 )
 from mixrec.pipelines.errors import RunFailed, Unreachable
@@ -181,9 +181,9 @@ def abtest_simulate(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
 
     cfg = tracking_config(config, workspace)
     spec = simulation_spec(requests, rate, concurrency, candidates, seed, sequential, expected_weights)
-    progress = progress_printer(as_json)
     try:
-        result = simulate(cfg, url.rstrip("/"), spec, progress) if url else simulate_served(cfg, spec, progress)
+        with stdout_to_stderr(as_json):
+            result = simulate(cfg, url.rstrip("/"), spec, typer.echo) if url else simulate_served(cfg, spec, typer.echo)
     except httpx.TransportError as err:
         raise Unreachable(f"cannot reach the splitter at {url}: {err}") from err
     if as_json:

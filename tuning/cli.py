@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mixrec.pipelines.cli_args import JsonOpt, echo_json, progress_printer
+from mixrec.pipelines.cli_args import JsonOpt, echo_json, stdout_to_stderr
 
 
 def tune(study: Annotated[Path, typer.Argument(help="study YAML (see configs/study_demo.yaml)")],
@@ -18,7 +18,8 @@ def tune(study: Annotated[Path, typer.Argument(help="study YAML (see configs/stu
     from .study import run_study
 
     spec = load_study(study)
-    out = run_study(spec, resume=resume, progress=progress_printer(as_json))
+    with stdout_to_stderr(as_json):
+        out = run_study(spec, resume=resume, progress=typer.echo)
     if as_json:
         echo_json({"analysis": out["analysis"], "out_dir": str(out["out_dir"]), "mlflow_run_id": out["run_id"]})
         return

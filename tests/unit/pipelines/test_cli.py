@@ -45,3 +45,20 @@ def test_echo_json_turns_numpy_and_nan_into_json(capsys):
 
     echo_json({"a": np.float32(0.5), "b": np.int64(3), "c": float("nan"), "d": np.array([1, 2]), "e": np.bool_(True)})
     assert json.loads(capsys.readouterr().out) == {"a": 0.5, "b": 3, "c": None, "d": [1, 2], "e": True}
+
+
+def test_json_mode_keeps_stdout_for_the_document(tmp_path):
+    """A verb's progress, a library's print() and a child process's output go to stderr; the JSON alone to stdout."""
+    import subprocess
+    import sys
+
+    script = ("import os, subprocess, sys\n"
+              "from mixrec.pipelines.cli_args import echo_json, stdout_to_stderr\n"
+              "with stdout_to_stderr(True):\n"
+              "    print('library noise')\n"
+              "    subprocess.run([sys.executable, '-c', 'print(\"child noise\")'], check=True)\n"
+              "    os.write(1, b'fd noise\\n')\n"
+              "echo_json({'version': '2'})\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(proc.stdout) == {"version": "2"}
+    assert proc.stderr.split() == ["library", "noise", "child", "noise", "fd", "noise"]
