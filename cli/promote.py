@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mixrec.pipelines.cli_args import ConfigOpt, WorkspaceOpt, fail, tracking_config
+from mixrec.pipelines.cli_args import ConfigOpt, WorkspaceOpt, tracking_config
 from mixrec.serving.cli import (
     CandidatesOpt,
     ConcurrencyOpt,
@@ -32,20 +32,13 @@ def promote(version: Annotated[str, typer.Argument(help="model version to make c
             candidates: CandidatesOpt = 20, seed: SeedOpt = 0) -> None:
     """Move `champion` to VERSION if it beats the champion on held-out data (paired bootstrap CIs of the AUC
     and logloss deltas), and with --require-ab also in a simulated A/B test; --force overrides."""
-    from mixrec.pipelines.promotion import PromotionRefused, gated_promote
-    from mixrec.pipelines.registry import RegistryError
+    from mixrec.pipelines.promotion import gated_promote
     from mixrec.serving.abtest import ab_gate
 
     cfg = tracking_config(config, workspace)
     gate = ab_gate(simulation_spec(requests, rate, concurrency, candidates, seed, True)) if require_ab else None
-    try:
-        out = gated_promote(cfg, version, force=force, online_gate=gate, data=data, reason=reason,
-                            progress=typer.echo)
-    except PromotionRefused as err:
-        typer.secho(str(err), fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
-    except RegistryError as err:
-        fail(str(err))
+    # A refused gate raises PromotionRefused: one line with every reason, exit 1 (see mixrec.cli.errors).
+    out = gated_promote(cfg, version, force=force, online_gate=gate, data=data, reason=reason, progress=typer.echo)
     c = out.comparison
     typer.echo(f"  AUC {c.champion_auc:.4f} -> {c.challenger_auc:.4f}, delta {c.auc_delta.estimate:+.4f} "
                f"[{c.auc_delta.low:+.4f}, {c.auc_delta.high:+.4f}]; logloss {c.champion_logloss:.4f} -> "

@@ -8,7 +8,6 @@ URIs here (sqlite vs PostgreSQL tracking, sqlite vs Redis online store), never i
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,12 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mixrec.features.dataset import DatasetError, DatasetSpec, format_validation_errors, load_dataset_spec
 from mixrec.features.schema import SYNTHETIC_SCHEMA, DatasetSchema
 
+from .errors import BadInput
+from .secrets import env_refs, fill_env, redact
+
 # $MLFLOW_TRACKING_URI as this process started, read once before anything sets it (MLflow 3's
 # ``set_tracking_uri`` writes the variable): the tracking URI when the config names none (registry.tracking_uri_for).
 ENV_TRACKING_URI: str | None = os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
-class ConfigError(ValueError):
+
+class ConfigError(BadInput):
     """A pipeline config that cannot be used; the message names every bad field."""
 
 
@@ -216,6 +219,11 @@ class PipelineConfig(_Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with every value read from a ``${NAME}`` reference shown as that reference: what
+        MLflow logs and tags hold."""
+        return redact(self.to_dict())
+
 
 def parse_config(data: dict[str, Any] | None, source: str = "(dict)") -> PipelineConfig:
     try:
@@ -224,15 +232,13 @@ def parse_config(data: dict[str, Any] | None, source: str = "(dict)") -> Pipelin
         raise ConfigError(format_validation_errors(err, f"invalid pipeline config {source}")) from None
 
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
 def expand_env(text: str, source: str) -> str:
-    """Replace ``${NAME}`` with the environment variable (secrets stay out of config files)."""
-    missing = sorted({m for m in _ENV_REF.findall(text) if m not in os.environ})
+    """Replace ``${NAME}`` with the environment variable (secrets stay out of config files; what is logged
+    or written keeps the reference, see :mod:`.secrets`)."""
+    missing = [name for name in env_refs(text) if name not in os.environ]
     if missing:
         raise ConfigError(f"config {source} refers to unset environment variable(s): {', '.join(missing)}")
-    return _ENV_REF.sub(lambda m: os.environ[m.group(1)], text)
+    return fill_env(text)
 
 
 def load_config(path: str | Path) -> PipelineConfig:

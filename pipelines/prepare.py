@@ -23,6 +23,7 @@ from .config import ConfigError, PipelineConfig, data_root, dataset_spec
 from .ingest import chunk_count, retrieve_to_shards
 from .progress import StepTimer, relay
 from .runtime import quiet_output
+from .secrets import redact
 from .workspace import Workspace
 
 
@@ -32,9 +33,16 @@ def feast_settings(cfg: PipelineConfig, ws: Workspace) -> tuple[str | dict, dict
     return registry, online
 
 
+def write_feature_store_config(cfg: PipelineConfig, ws: Workspace) -> Path:
+    """The workspace's ``feature_store.yaml``. Secrets stay ``${NAME}`` references in the file: Feast fills
+    them from the environment when it reads it."""
+    registry, online = redact(feast_settings(cfg, ws))
+    return feast_repo.write_repo_config(ws.feast_repo, cfg.features.project, registry, online,
+                                        redact(cfg.features.offline_store))
+
+
 def setup_feature_store(cfg: PipelineConfig, ws: Workspace, schema: DatasetSchema, sources: dict[str, Path]):
-    registry, online = feast_settings(cfg, ws)
-    feast_repo.write_repo_config(ws.feast_repo, cfg.features.project, registry, online, cfg.features.offline_store)
+    write_feature_store_config(cfg, ws)
     store = feast_repo.open_store(ws.feast_repo)
     with quiet_output():  # Feast prints coloured (ANSI) messages
         feast_repo.apply(store, feast_repo.build_definitions(schema, sources, cfg.features.ttl_days))

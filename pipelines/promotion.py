@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import registry, story
 from .config import PipelineConfig, dataset_schema
+from .errors import EXIT_FAILED
 from .evaluation import GateDecision, PairedComparison, offline_gate, paired_bootstrap
 from .pyfunc import load_ranker
 from .registry import CHALLENGER, CHAMPION, RegistryError
@@ -28,6 +29,8 @@ from .workspace import Workspace
 
 class PromotionRefused(RegistryError):
     """The gate failed (the message lists why); ``--force`` overrides."""
+
+    exit_code = EXIT_FAILED  # the gate ran and said no: a failed run, not bad input
 
 
 @dataclass

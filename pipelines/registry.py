@@ -20,6 +20,7 @@ from pathlib import Path
 import mlflow
 
 from .config import ENV_TRACKING_URI
+from .errors import EXIT_BAD_INPUT
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -28,7 +29,9 @@ LOCK_TIMEOUT_S = 120
 
 
 class RegistryError(RuntimeError):
-    pass
+    """The registry lacks what was asked for (a model, version or alias) or refused a move."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 def tracking_uri_for(configured: str | None, workspace) -> str:

@@ -47,8 +47,7 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
 
     tracking_uri = registry.setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws)
     with mlflow.start_run(run_name=f"pipeline-{cfg.model.name}") as run:
-        mlflow.log_params({"model.name": cfg.model.name, **{f"data.{k}": v for k, v in cfg.data.model_dump().items()}})
-        mlflow.log_dict(cfg.to_dict(), "config.json")
+        public = log_config(cfg)
         mlflow.log_dict(data.suite, "validation/suite.json")
         mlflow.log_dict(data.validation_report, "validation/report.json")
         mlflow.log_text(data.validation_summary, "validation/summary.txt")
@@ -59,8 +58,7 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
         with (timer.step("train", f"Ray Train: {cfg.model.name} on {cfg.train.num_workers} worker(s), {cfg.train.epochs} epoch(s)"),
               mlflow.start_run(run_name=f"train-{cfg.model.name}", nested=True) as train_run):
             # One MLflow run per training, nested under the pipeline's run; rank 0 logs its per-epoch metrics.
-            mlflow.log_params({"model.name": cfg.model.name, **{f"model.{k}": v for k, v in cfg.model.kwargs.items()},
-                               **{f"train.{k}": v for k, v in cfg.train.model_dump().items()}})
+            log_config(cfg, nested=True)
             story.log_dataset_inputs(splits, schema.name, which=("train", "valid"))
             with timer.tracker("training", cfg.train.epochs, "epochs") as epochs:
                 def on_epoch(metrics: dict) -> None:
@@ -90,7 +88,7 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
                 outcome.checkpoint_dir, example, cfg.registry.model_name,
                 tags={"model": cfg.model.name, "feast_feature_service": feast_repo.FEATURE_SERVICE,
                       "test_auc": f"{test_metrics['auc']:.5f}",
-                      **lineage.lineage_tags(data.source_files, schema, feast_repo.FEATURE_SERVICE, cfg.to_dict())})
+                      **lineage.lineage_tags(data.source_files, schema, feast_repo.FEATURE_SERVICE, public)})
             metrics = {**outcome.metrics, **{f"test_{k}": v for k, v in test_metrics.items()}}
             mlflow.MlflowClient().update_model_version(registered.name, registered.version, description=(
                 story.version_description(cfg.model.name, schema.name, counts, digests, metrics, run.info.run_id,
@@ -101,6 +99,22 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
     return PipelineResult(workspace=ws, model_name=registered.name, version=registered.version,
                           aliases=registered.aliases, metrics=metrics, counts=counts,
                           step_seconds=timer.seconds, run_id=run.info.run_id)
+
+
+def log_config(cfg: PipelineConfig, nested: bool = False) -> dict:
+    """Log the config to the active MLflow run: the pipeline run gets the data params and ``config.json``,
+    the nested training run the model and train params. Every ``${NAME}`` secret stays a reference
+    (:meth:`PipelineConfig.public_dict`); returns that public dict (the lineage tags take it too)."""
+    import mlflow
+
+    public = cfg.public_dict()
+    if nested:
+        mlflow.log_params({"model.name": cfg.model.name, **{f"model.{k}": v for k, v in public["model"]["kwargs"].items()},
+                           **{f"train.{k}": v for k, v in public["train"].items()}})
+    else:
+        mlflow.log_params({"model.name": cfg.model.name, **{f"data.{k}": v for k, v in public["data"].items()}})
+        mlflow.log_dict(public, "config.json")
+    return public
 
 
 def score_checkpoint(checkpoint_dir: Path, dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -79,12 +79,18 @@ def quiet_output() -> Iterator[None]:
         yield
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, object_store_memory: int | None = None):
+_started: dict[str, str | None] = {"dashboard_url": None}
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, object_store_memory: int | None = None,
+             dashboard: bool = False):
     """Join ``address`` (or $RAY_ADDRESS) when given, else start a private local instance.
 
     A local instance uses ``address="local"`` so that a `ray start` cluster elsewhere on the host is never
     joined by accident; its workers get :data:`QUIET_ENV` and :data:`WORKER_ENV`, and every one of its
     listeners (GCS, raylet, object manager, agents, workers) binds loopback (see :func:`_loopback_node`).
+    ``dashboard``: a local instance also starts the Ray dashboard, on loopback only (:func:`dashboard_url` says
+    where); off by default.
     """
     quiet_environment()
     import ray
@@ -98,10 +104,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
         ray.init(address=address, log_to_driver=_verbose)
     else:
         with _loopback_node():
-            ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
-                     include_dashboard=False, runtime_env=runtime_env, _node_ip_address="127.0.0.1",
-                     log_to_driver=_verbose, configure_logging=True,
-                     logging_level=logging.INFO if _verbose else logging.WARNING)
+            context = ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
+                               include_dashboard=dashboard, dashboard_host="127.0.0.1", runtime_env=runtime_env,
+                               _node_ip_address="127.0.0.1", log_to_driver=_verbose, configure_logging=True,
+                               logging_level=logging.INFO if _verbose else logging.WARNING)
+        if dashboard:
+            url = context.address_info["webui_url"]
+            _started["dashboard_url"] = url if url.startswith("http") else f"http://{url}"
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -188,3 +197,8 @@ def drop_stderr_lines(*needles: str) -> Iterator[None]:
 def progress_mode() -> str:
     """How a command shows the progress of long steps: rich bars on a terminal, plain lines in a log."""
     return "bars" if sys.stdout.isatty() else "lines"
+
+
+def dashboard_url() -> str | None:
+    """The Ray dashboard this process started with :func:`init_ray` (``dashboard=True``), else None."""
+    return _started["dashboard_url"]

@@ -25,6 +25,7 @@ import pyarrow as pa
 from mixrec.features.io import write_dataset_atomic, write_tables_atomic
 from mixrec.features.schema import DatasetSchema
 
+from .errors import RunFailed
 from .runtime import RAY_ACTOR_ARGS_WARNING, drop_stderr_lines
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -35,7 +36,7 @@ TYPE_EXPECTATIONS = ("expect_column_values_to_be_in_type_list", "expect_column_v
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(RunFailed):
     """More rows failed validation than the configured fraction allows."""
 
 

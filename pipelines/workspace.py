@@ -11,7 +11,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixrec.features.io import write_text_atomic
+
+from .errors import BadInput
+
 DEFAULT_DIRNAME = "mixrec-workspace"
+MARKER_NAME = ".mixrec-workspace"
+MARKER_TEXT = "This folder is a mixrec workspace: `mixrec run --fresh` / `mixrec demo --fresh` may delete it.\n"
 
 
 @dataclass(frozen=True)
@@ -138,10 +144,32 @@ class Workspace:
         """The Ray Serve config file of the served application (`serve run` / `serve deploy`), pinned versions."""
         return self.root / "serve_config.yaml"
 
+    @property
+    def marker(self) -> Path:
+        """Written when mixrec creates the workspace; ``--fresh`` deletes only a folder that has it."""
+        return self.root / MARKER_NAME
+
     def create(self, fresh: bool = False) -> Workspace:
+        """Make the workspace's folders; ``fresh``: delete it first, refused (:class:`BadInput`) unless the
+        folder is empty or carries the marker. The marker is written into a new or empty folder only, so a
+        folder that held other files never becomes deletable by mixrec."""
         if fresh and self.root.exists():
+            self.check_deletable()
             shutil.rmtree(self.root)
+        if self.root.exists() and not self.root.is_dir():
+            raise BadInput(f"workspace {self.root} is a file, not a folder")
+        new = not self.root.exists() or not any(self.root.iterdir())
         for d in (self.sources_dir, self.feast_repo, self.quarantine_dir, self.artifacts_dir,
                   self.ray_storage, self.mlflow_artifacts):
             d.mkdir(parents=True, exist_ok=True)
+        if new:
+            write_text_atomic(MARKER_TEXT, self.marker)
         return self
+
+    def check_deletable(self) -> None:
+        """Raise :class:`BadInput` unless the folder is empty or carries mixrec's marker."""
+        if not self.root.is_dir():
+            raise BadInput(f"--fresh: workspace {self.root} is not a folder; refusing to delete it")
+        if any(self.root.iterdir()) and not self.marker.is_file():
+            raise BadInput(f"--fresh: {self.root} is not a mixrec workspace (no {MARKER_NAME} file); refusing to "
+                           f"delete it: remove it yourself or choose another --workspace")

@@ -10,10 +10,21 @@ from typing import Annotated
 
 import typer
 
-from mixrec.pipelines.cli_args import ConfigOpt, WorkspaceOpt, cli_config, fail, tracking_config
-from mixrec.pipelines.config import ConfigError
+from mixrec.pipelines.cli_args import (
+    ConfigOpt,
+    DashboardOpt,
+    JsonOpt,
+    WorkspaceOpt,
+    cli_config,
+    echo_json,
+    fail,
+    start_dashboard,
+    stdout_to_stderr,
+    tracking_config,
+)
+from mixrec.pipelines.errors import RunFailed, Unreachable
 
-from .client import TOKEN_ENV, RequestFileError, parse_items, rank, read_requests, served_url
+from .client import TOKEN_ENV, parse_items, rank, read_requests, served_url
 from .splitter import normalize_weights, parse_weights
 
 RequestsOpt = Annotated[int, typer.Option(help="simulated requests (one impression each)")]
@@ -35,27 +46,25 @@ def block_until_interrupted(url: str) -> None:
 
 def serve(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
           port: Annotated[int | None, typer.Option(help="HTTP port (loopback)")] = None,
+          dashboard: DashboardOpt = False,
           write_config: Annotated[Path | None, typer.Option(
               "--write-config", help="write the application as a Ray Serve config file (for `serve run FILE` / "
               "`serve deploy FILE`; aliases resolved to versions now) and exit without serving")] = None) -> None:
     """Serve the registered champion (and challenger) behind the A/B splitter until Ctrl-C."""
-    from mixrec.pipelines.registry import RegistryError
-
     from .server import resolve_serve, start_serving
 
     cfg = cli_config(config, workspace, {"serve": {"port": port}} if port else None)
-    try:
-        if write_config:
-            from mixrec.pipelines.workspace import Workspace
+    if write_config:
+        from mixrec.pipelines.workspace import Workspace
 
-            from .serve_config import write_serve_config
+        from .serve_config import write_serve_config
 
-            plan = resolve_serve(cfg, Workspace.resolve(cfg.workspace))
-            typer.echo(f"wrote {write_serve_config(plan, write_config)}: `serve run` or `serve deploy` it")
-            return
-        url = start_serving(cfg)
-    except RegistryError as err:
-        fail(str(err))
+        plan = resolve_serve(cfg, Workspace.resolve(cfg.workspace))
+        typer.echo(f"wrote {write_serve_config(plan, write_config)}: `serve run` or `serve deploy` it")
+        return
+    start_dashboard(dashboard)
+    url = start_serving(cfg)
+    typer.echo(f"API docs: {url}/docs")
     block_until_interrupted(url)
 
 
@@ -69,32 +78,34 @@ def query(user: Annotated[int | None, typer.Option(help="user id")] = None,
           token_env: Annotated[str, typer.Option(help="environment variable with the bearer token, sent when set")]
           = TOKEN_ENV,
           timeout: Annotated[float, typer.Option(help="seconds to wait for each response")] = 120.0,
-          workspace: WorkspaceOpt = None) -> None:
+          workspace: WorkspaceOpt = None,
+          as_json: Annotated[bool, typer.Option("--json", help="compact: one JSON document a line, also for "
+                                                "--user")] = False) -> None:
     """Rank items through the served endpoint: one user (--user, --items; prints the JSON response) or a batch
-    (--file; prints {"line", "status", "response"} as one JSON line per request). Exit 1 if any request failed."""
+    (--file; prints {"line", "status", "response"} as one JSON line per request). Exit 1 if any request failed,
+    3 if the endpoint cannot be reached."""
     import httpx
 
     if (file is None) == (user is None or items is None):
         fail("give either --user and --items, or --file")
-    try:
-        if file is None:
-            context = {k: v for k, v in (("device", device), ("hour", hour)) if v is not None}
-            requests = [{"user_id": user, "items": parse_items(items, "--items"), "context": context}]
-        else:
-            requests = read_requests(file)
-        base = url or served_url(workspace)
-    except RequestFileError as err:
-        fail(str(err))
+    if file is None:
+        context = {k: v for k, v in (("device", device), ("hour", hour)) if v is not None}
+        requests = [{"user_id": user, "items": parse_items(items, "--items"), "context": context}]
+    else:
+        requests = read_requests(file)
+    base = url or served_url(workspace)
     failed = 0
     try:
         for n, (status, body) in enumerate(rank(base, requests, token_env, timeout), start=1):
             failed += status >= 400
-            typer.echo(json.dumps(body, indent=2) if file is None
-                       else json.dumps({"line": n, "status": status, "response": body}))
-    except httpx.HTTPError as err:
-        fail(f"cannot reach {base}: {err}")
+            if file is None:
+                typer.echo(json.dumps(body, indent=None if as_json else 2))
+            else:
+                typer.echo(json.dumps({"line": n, "status": status, "response": body}))
+    except httpx.TransportError as err:
+        raise Unreachable(f"cannot reach {base}: {err}") from err
     if failed:
-        raise typer.Exit(1)
+        raise RunFailed(f"{failed} of {len(requests)} request(s) failed (their responses are above)")
 
 
 ab_app = typer.Typer(no_args_is_help=True, help="The served A/B test: change arms and weights live.")
@@ -102,23 +113,19 @@ ab_app = typer.Typer(no_args_is_help=True, help="The served A/B test: change arm
 
 @ab_app.command("set-weights")
 def ab_set_weights(weights: Annotated[list[str], typer.Argument(help="ALIAS=WEIGHT ..., e.g. champion=0.9 challenger=0.1")],
-                   config: ConfigOpt = None, workspace: WorkspaceOpt = None) -> None:
+                   config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     """Change the served arms and weights live (no dropped requests): aliases are resolved again, the splitter
     is reconfigured, rankers of unchanged versions keep running. An alias left out gets no traffic."""
-    try:
-        parsed = parse_weights(weights)
-    except ValueError as err:
-        fail(str(err))
+    parsed = parse_weights(weights)  # a bad weight is a ValueError: exit 2 before anything is touched
     cfg = cli_config(config, workspace)
-    from mixrec.pipelines.registry import RegistryError
-
     from .server import set_weights
 
-    try:
-        spec = set_weights(cfg, parsed)
-    except (RegistryError, ConfigError, ValueError) as err:
-        fail(str(err))
-    shares = ", ".join(f"{arm} (v{spec.arms[arm]}) {w:.0%}" for arm, w in normalize_weights(spec.weights).items())
+    spec = set_weights(cfg, parsed)
+    weights = normalize_weights(spec.weights)
+    if as_json:
+        echo_json({"model_name": spec.model_name, "arms": spec.arms, "weights": weights})
+        return
+    shares = ", ".join(f"{arm} (v{spec.arms[arm]}) {w:.0%}" for arm, w in weights.items())
     typer.echo(f"serving {spec.model_name}: {shares}")
 
 
@@ -151,6 +158,20 @@ def echo_ab_result(result) -> None:
     typer.echo(f"  report: {result.out_dir / 'report.md'}" + (f" (MLflow run {result.run_id})" if result.run_id else ""))
 
 
+def ab_result_json(result) -> dict:
+    """The simulation's analysis as plain data: per-arm CTRs, lift, SRM, mSPRT, where the report is."""
+    from dataclasses import asdict
+
+    a = result.analysis
+    seq = a.sequential
+    return {"requests": a.requests, "failed": a.failed, "weights": a.weights, "versions": a.versions,
+            "true_ctr": a.true_ctr, "arms": [asdict(s) for s in a.arms],
+            "lift": asdict(a.lift) if a.lift else None, "srm": asdict(a.srm),
+            "sequential": None if seq is None or not len(seq.p_values) else
+            {"p_value": float(seq.p_values[-1]), "stopped_at": seq.stopped_at},
+            "report": str(result.out_dir / "report.md"), "mlflow_run_id": result.run_id}
+
+
 abtest_app = typer.Typer(no_args_is_help=True, help="A/B simulation against the served splitter.")
 
 
@@ -161,25 +182,25 @@ def abtest_simulate(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
                     requests: RequestsOpt = 2000, rate: RateOpt = 200.0, concurrency: ConcurrencyOpt = 16,
                     candidates: CandidatesOpt = 20, seed: SeedOpt = 0, sequential: SequentialOpt = True,
                     expected_weights: Annotated[str | None, typer.Option(
-                        help="SRM reference, e.g. champion=0.5,challenger=0.5 (default: the served weights)")] = None
-                    ) -> None:
+                        help="SRM reference, e.g. champion=0.5,challenger=0.5 (default: the served weights)")] = None,
+                    as_json: JsonOpt = False) -> None:
     """Synthetic users (ground-truth clicks) against the served champion/challenger: CTRs, lift, z-test,
     SRM, mSPRT; report + plots in the workspace and MLflow."""
     import httpx
-
-    from mixrec.pipelines.registry import RegistryError
 
     from .abtest import simulate, simulate_served
 
     cfg = tracking_config(config, workspace)
     spec = simulation_spec(requests, rate, concurrency, candidates, seed, sequential, expected_weights)
     try:
-        result = simulate(cfg, url.rstrip("/"), spec, typer.echo) if url else simulate_served(cfg, spec, typer.echo)
-    except (RegistryError, RuntimeError) as err:
-        fail(str(err))
-    except httpx.HTTPError as err:
-        fail(f"cannot reach the splitter at {url}: {err}")
-    echo_ab_result(result)
+        with stdout_to_stderr(as_json):
+            result = simulate(cfg, url.rstrip("/"), spec, typer.echo) if url else simulate_served(cfg, spec, typer.echo)
+    except httpx.TransportError as err:
+        raise Unreachable(f"cannot reach the splitter at {url}: {err}") from err
+    if as_json:
+        echo_json(ab_result_json(result))
+    else:
+        echo_ab_result(result)
 
 
 def register(app: typer.Typer) -> None:

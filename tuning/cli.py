@@ -7,24 +7,24 @@ from typing import Annotated
 
 import typer
 
-from mixrec.pipelines.cli_args import fail
-from mixrec.pipelines.config import ConfigError
+from mixrec.pipelines.cli_args import JsonOpt, echo_json, stdout_to_stderr
 
 
 def tune(study: Annotated[Path, typer.Argument(help="study YAML (see configs/study_demo.yaml)")],
-         resume: Annotated[bool, typer.Option("--resume", help="continue a stopped study: run only missing points")] = False
-         ) -> None:
+         resume: Annotated[bool, typer.Option("--resume", help="continue a stopped study: run only missing points")] = False,
+         as_json: JsonOpt = False) -> None:
     """Scaling study: architectures x sizes as Ray Train trials under Ray Tune; power-law fits, plots, ROI pick."""
     from mixrec.pipelines.runtime import progress_mode
 
     from .config import load_study
     from .study import run_study
 
-    try:
-        spec = load_study(study)
-    except ConfigError as err:
-        fail(str(err))
-    out = run_study(spec, resume=resume, progress=typer.echo, mode=progress_mode())
+    spec = load_study(study)
+    with stdout_to_stderr(as_json):
+        out = run_study(spec, resume=resume, progress=typer.echo, mode=progress_mode())
+    if as_json:
+        echo_json({"analysis": out["analysis"], "out_dir": str(out["out_dir"]), "mlflow_run_id": out["run_id"]})
+        return
     for arch, fit in out["analysis"]["fits"].items():
         for axis, f in fit.items():
             typer.echo(f"{arch:<14} loss ~ C^-alpha vs {axis:<15} alpha={f['alpha']:.3f} "

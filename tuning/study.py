@@ -18,6 +18,7 @@ import pandas as pd
 
 from mixrec.features.io import write_frame_atomic, write_json_atomic, write_text_atomic
 from mixrec.pipelines.config import ConfigError
+from mixrec.pipelines.secrets import redact
 
 from .analysis import analyse, plot
 from .config import StudyConfig, load_study, points
@@ -97,7 +98,7 @@ def _log_study(study: StudyConfig, results: pd.DataFrame, analysis: dict, output
     import mlflow
 
     with mlflow.start_run(run_name=f"study-{study.name}") as run:
-        mlflow.log_dict(study.model_dump(mode="json", by_alias=True), "study.json")
+        mlflow.log_dict(redact(study.model_dump(mode="json", by_alias=True)), "study.json")
         for path in outputs:
             mlflow.log_artifact(str(path))
         for arch, fit in analysis["fits"].items():

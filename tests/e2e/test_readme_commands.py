@@ -48,7 +48,7 @@ def test_readme_lists_the_commands_this_test_runs():
                      ".venv/bin/mixrec ab set-weights champion=0.9 challenger=0.1", ".venv/bin/mixrec promote 2",
                      ".venv/bin/mixrec promote 2 --force", ".venv/bin/mixrec rollback",
                      ".venv/bin/mixrec abtest simulate --url", ".venv/bin/mixrec promote 2 --require-ab",
-                     ".venv/bin/mixrec models"):
+                     ".venv/bin/mixrec models", ".venv/bin/mixrec versions", ".venv/bin/mixrec ui"):
         assert any(c.startswith(expected) for c in cmds), (expected, cmds)
     ci = (REPO / ".ci" / "run").read_text()
     assert "\nmake test\n" in ci, ".ci/run must call the README's test command"
@@ -63,23 +63,34 @@ def test_readme_commands_end_to_end(env, free_port):
     assert re.search(r"user 1 -> arm champion \(mixrec-ranker v1\)", out), out[-2000:]
     assert len(re.findall(r"^\s+\d+\. item\s+\d+\s+score 0\.\d{4}$", out, flags=re.M)) == 24  # 3 users x 8 items
     assert "step seconds:" in out
+    # ... and ends with where to look: the MLflow run and version (`mixrec ui`), the endpoint and its docs.
+    assert re.search(r"^  MLflow run     http://127\.0\.0\.1:5000/#/experiments/\d+/runs/[0-9a-f]{32}  "
+                     r"\(start the UI: mixrec ui\)$", out, flags=re.M), out[-2000:]
+    assert "  model version  http://127.0.0.1:5000/#/models/mixrec-ranker/versions/1\n" in out
+    assert f"  endpoint       http://127.0.0.1:{port}/mixrec/rank, API docs http://127.0.0.1:{port}/mixrec/docs" in out
 
     # 2. `mixrec run` with the sample config (smaller data through the same config file).
     small = Path(env["MIXREC_HOME"]) / "small.yaml"
     small.write_text((REPO / "configs/demo.yaml").read_text().replace("num_events: 200000", "num_events: 3000")
                      .replace("epochs: 3", "epochs: 1"))
-    ran = run([MIXREC, "run", str(small)], env)
-    assert "registered mixrec-ranker v2 (aliases: challenger)" in ran.stdout
-    # Progress as a log shows it (stdout is not a terminal): retrieval chunks, validated rows, one line per
-    # epoch; the stack's own noise stays off without -v.
-    assert re.search(r"^\s+epoch 1/1: train loss \d\.\d{4}, valid AUC \d\.\d{4}, logloss", ran.stdout, re.M), ran.stdout
-    assert "point-in-time retrieval: 1/1 chunks" in ran.stdout and re.search(r"validation: [\d,]+/[\d,]+ rows", ran.stdout)
+    registered = run([MIXREC, "run", str(small), "--json"], env)
+    log = registered.stderr  # with --json, stdout holds the JSON document only and the progress goes to stderr
+    assert "registered mixrec-ranker v2 (aliases: challenger)" in log
+    # Progress as a log shows it (not a terminal): retrieval chunks, validated rows, one line per epoch; the
+    # stack's own noise stays off without -v.
+    assert re.search(r"^\s+epoch 1/1: train loss \d\.\d{4}, valid AUC \d\.\d{4}, logloss", log, re.M), log
+    assert "point-in-time retrieval: 1/1 chunks" in log and re.search(r"validation: [\d,]+/[\d,]+ rows", log)
     for noise in ("Calculating Metrics", "Materializing", "constructor arguments in the object store", "CloudPickle"):
-        assert noise not in ran.stdout + ran.stderr, noise
+        assert noise not in registered.stdout + log, noise
+    result = json.loads(registered.stdout)
+    assert (result["version"], result["aliases"]) == ("2", ["challenger"]) and 0.0 < result["metrics"]["test_auc"] < 1
+    run_id = result["mlflow"]["run_id"]
+    assert result["mlflow"]["run_url"].endswith(f"/runs/{run_id}")
 
-    # 3. `mixrec serve` in the background, 4. `mixrec query` against it.
-    serve = subprocess.Popen([MIXREC, "serve", "--port", str(port)], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # 3. `mixrec serve` in the background (with the Ray dashboard on loopback), 4. `mixrec query` against it.
+    serve_log = Path(env["MIXREC_HOME"]) / "serve.log"
+    serve = subprocess.Popen([MIXREC, "serve", "--port", str(port), "--dashboard"], cwd=REPO, env=env,
+                             stdout=serve_log.open("w"), stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.time() + 180
         while time.time() < deadline:
@@ -88,13 +99,17 @@ def test_readme_commands_end_to_end(env, free_port):
                     break
             except httpx.HTTPError:
                 pass
-            assert serve.poll() is None, serve.stdout.read()
+            assert serve.poll() is None, serve_log.read_text()
             time.sleep(2)
         else:
             pytest.fail("mixrec serve did not become healthy in 180 s")
         q = run([MIXREC, "query", "--user", "17", "--items", "1,5,9,13", "--device", "1", "--hour", "20"], env)
         body = json.loads(q.stdout)
         assert body["arm"] in {"champion", "challenger"} and len(body["ranked"]) == 4
+        dashboard = re.search(r"Ray dashboard: (http://127\.0\.0\.1:\d+) ", serve_log.read_text())
+        assert dashboard, serve_log.read_text()
+        # Up on loopback, behind Ray's token auth (no token here).
+        assert httpx.get(f"{dashboard.group(1)}/api/version", timeout=10).status_code in {200, 401}
         arms = httpx.get(f"http://127.0.0.1:{port}/mixrec/arms", timeout=10).json()
         assert arms["versions"] == {"champion": "1", "challenger": "2"}
         # The served application as a Ray Serve config file (`serve run`): written on serve, and on request.
@@ -132,6 +147,35 @@ def test_readme_commands_end_to_end(env, free_port):
     table = run([MIXREC, "models"], env).stdout
     assert "rankmixer" in table and "dnn" in table
 
+    # 7. `mixrec versions`: the registry at a glance, after the gate evaluated v2.
+    v2, v1 = json.loads(run([MIXREC, "versions", "--json"], env).stdout)
+    assert (v1["version"], v1["aliases"], v2["version"]) == ("1", ["champion"], "2")
+    assert v2["gate"]["offline_passed"] in {"True", "False"} and v2["gate"]["against_champion"] == "1"
+    assert v2["run_id"] == run_id and v2["test_metrics"]["test_auc"] == pytest.approx(result["metrics"]["test_auc"])
+    assert len(v2["lineage"]["dataset_sha256"]) == 64 and v2["lineage"]["config"]["data"]["num_events"] == 3000
+
+    # 8. `mixrec ui`: the MLflow UI on the workspace's store, on loopback; it knows the run `mixrec run` printed.
+    ui_port = free_port()
+    ui = subprocess.Popen([MIXREC, "ui", "--port", str(ui_port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline, answer = time.time() + 120, None
+        while time.time() < deadline and answer is None:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{ui_port}/api/2.0/mlflow/runs/get", params={"run_id": run_id},
+                                   timeout=5)
+            except httpx.HTTPError:
+                assert ui.poll() is None, "mixrec ui exited"
+                time.sleep(2)
+        assert answer is not None and answer.status_code == 200, answer
+        assert answer.json()["run"]["data"]["metrics"]
+    finally:
+        os.killpg(ui.pid, signal.SIGINT)
+        try:
+            ui.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
+
 
 def test_cli_rejects_bad_input_with_clear_errors(env, tmp_path):
     bad = tmp_path / "bad.yaml"
@@ -142,3 +186,6 @@ def test_cli_rejects_bad_input_with_clear_errors(env, tmp_path):
     proc = subprocess.run([MIXREC, "query", "--user", "1", "--items", "a,b", "--url", "http://127.0.0.1:9"],
                           cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and "--items must be comma-separated integers" in proc.stderr
+    proc = subprocess.run([MIXREC, "query", "--user", "1", "--items", "1,2", "--url", "http://127.0.0.1:9"],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 3 and proc.stderr.startswith("error: cannot reach http://127.0.0.1:9"), proc.stderr

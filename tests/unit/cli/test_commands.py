@@ -9,22 +9,26 @@ from mixrec.cli import app
 
 # verb -> its options and arguments: a contract (README, docs/, infra/ and scripts call these)
 VERBS = {
-    "ab set-weights": ["--config", "--workspace", "-c", "-w", "WEIGHTS"],
-    "abtest simulate": ["--candidates", "--concurrency", "--config", "--expected-weights", "--no-sequential", "--rate", "--requests", "--seed", "--sequential", "--url", "--workspace", "-c", "-w"],
-    "demo": ["--epochs", "--events", "--fresh", "--keep-serving", "--model", "--port", "--workspace", "-w"],
-    "jobs list": ["--address"],
+    "ab set-weights": ["--config", "--json", "--workspace", "-c", "-w", "WEIGHTS"],
+    "abtest simulate": ["--candidates", "--concurrency", "--config", "--expected-weights", "--json", "--no-sequential", "--rate", "--requests", "--seed", "--sequential", "--url", "--workspace", "-c", "-w"],
+    "demo": ["--dashboard", "--epochs", "--events", "--fresh", "--keep-serving", "--model", "--port", "--workspace", "-w"],
+    "jobs list": ["--address", "--json"],
     "jobs logs": ["--address", "JOB_ID"],
-    "jobs status": ["--address", "JOB_ID"],
-    "jobs stop": ["--address", "JOB_ID"],
-    "models": [],
+    "jobs status": ["--address", "--json", "JOB_ID"],
+    "jobs stop": ["--address", "--json", "JOB_ID"],
+    "models": ["--json"],
     "promote": ["--candidates", "--concurrency", "--config", "--data", "--force", "--rate", "--reason", "--requests", "--require-ab", "--seed", "--workspace", "-c", "-w", "VERSION"],
-    "query": ["--device", "--file", "--hour", "--items", "--timeout", "--token-env", "--url", "--user", "--workspace", "-f", "-w"],
-    "rollback": ["--config", "--reason", "--workspace", "-c", "-w"],
-    "run": ["--fresh", "--workspace", "-w", "CONFIG"],
-    "serve": ["--config", "--port", "--workspace", "--write-config", "-c", "-w"],
+    "query": ["--device", "--file", "--hour", "--items", "--json", "--timeout", "--token-env", "--url", "--user", "--workspace", "-f", "-w"],
+    "rollback": ["--config", "--json", "--reason", "--workspace", "-c", "-w"],
+    "run": ["--dashboard", "--fresh", "--json", "--workspace", "-w", "CONFIG"],
+    "serve": ["--config", "--dashboard", "--port", "--workspace", "--write-config", "-c", "-w"],
     "submit": ["--address", "--wait", "CONFIG"],
-    "tune": ["--resume", "STUDY"],
+    "tune": ["--json", "--resume", "STUDY"],
+    "ui": ["--config", "--port", "--workspace", "-c", "-w"],
+    "versions": ["--config", "--json", "--workspace", "-c", "-w"],
 }
+# options of the root command itself
+ROOT_OPTIONS = ["--debug", "--verbose", "--version", "-v"]
 
 
 def _verbs(command, prefix: str = "") -> dict[str, list[str]]:
@@ -38,11 +42,9 @@ def _verbs(command, prefix: str = "") -> dict[str, list[str]]:
 
 
 def test_every_verb_keeps_its_flags():
-    assert _verbs(get_command(app)) == VERBS
-
-
-def test_the_root_takes_verbose():
-    assert sorted(o for p in get_command(app).params for o in p.opts) == ["--verbose", "-v"]
+    root = get_command(app)
+    assert _verbs(root) == VERBS
+    assert sorted(o for p in root.params for o in p.opts) == ROOT_OPTIONS
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
