@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
-from .io import write_text_atomic
+from .io import write_json_atomic, write_text_atomic
 from .schema import DatasetSchema
 
 os.environ.setdefault("FEAST_USAGE", "False")
@@ -108,6 +108,40 @@ def build_definitions(schema: DatasetSchema, sources: dict[str, Path], ttl_days:
 
 def apply(store, definitions: list) -> None:
     store.apply(definitions)
+
+
+DEFINITIONS_SPEC = "definitions.json"
+DEFINITIONS_MODULE = "definitions.py"
+_DEFINITIONS_SOURCE = '''"""The feature definitions of this mixrec workspace, for the plain `feast` CLI (`feast apply`, `feast plan`,
+`feast ui`, `feast feature-views list`).
+
+Written by mixrec on every run from definitions.json (the dataset schema, the source files, the TTL): change the
+dataset schema, not this file. `feast apply` here registers exactly what mixrec registered, so it loses nothing.
+"""
+
+from pathlib import Path
+
+from mixrec.features.feast_repo import load_definitions
+
+globals().update({definition.name: definition for definition in load_definitions(Path(__file__).parent)})
+'''
+
+
+def write_definitions(repo_dir: Path, schema: DatasetSchema, sources: dict[str, Path], ttl_days: int) -> list:
+    """Write the repo's definitions (``definitions.json`` + the ``definitions.py`` Feast's CLI imports) and
+    return them, built by :func:`load_definitions`: mixrec and ``feast apply`` register the same objects."""
+    spec = {"schema": schema.to_dict(), "sources": {name: str(Path(path).resolve()) for name, path in sources.items()},
+            "ttl_days": ttl_days}
+    write_json_atomic(spec, repo_dir / DEFINITIONS_SPEC)
+    write_text_atomic(_DEFINITIONS_SOURCE, repo_dir / DEFINITIONS_MODULE)
+    return load_definitions(repo_dir)
+
+
+def load_definitions(repo_dir: Path) -> list:
+    """The entities, feature views and FeatureService of the repo's ``definitions.json``."""
+    spec = json.loads((Path(repo_dir) / DEFINITIONS_SPEC).read_text())
+    return build_definitions(DatasetSchema.from_dict(spec["schema"]),
+                             {name: Path(path) for name, path in spec["sources"].items()}, spec["ttl_days"])
 
 
 def historical_features(store, entity_df: pd.DataFrame, schema: DatasetSchema) -> pa.Table:

@@ -16,7 +16,7 @@ compiles to a :class:`DatasetSchema`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 Source = Literal["user", "item", "request", "row"]
@@ -50,6 +50,15 @@ class DatasetSchema:
     event_key: str
     fields: tuple[FeatureField, ...] = field(default_factory=tuple)
     name: str = "synthetic"
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able form; :meth:`from_dict` reads it back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DatasetSchema:
+        fields = tuple(FeatureField(**f) for f in data.get("fields", ()))
+        return cls(**{**data, "fields": fields})
 
     @property
     def categorical(self) -> tuple[FeatureField, ...]:

@@ -45,7 +45,7 @@ def setup_feature_store(cfg: PipelineConfig, ws: Workspace, schema: DatasetSchem
     write_feature_store_config(cfg, ws)
     store = feast_repo.open_store(ws.feast_repo)
     with quiet_output():  # Feast prints coloured (ANSI) messages
-        feast_repo.apply(store, feast_repo.build_definitions(schema, sources, cfg.features.ttl_days))
+        feast_repo.apply(store, feast_repo.write_definitions(ws.feast_repo, schema, sources, cfg.features.ttl_days))
     return store
 
 

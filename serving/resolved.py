@@ -9,10 +9,10 @@ every ranker running.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mixrec.features.schema import DatasetSchema, FeatureField
+from mixrec.features.schema import DatasetSchema
 from mixrec.pipelines.config import ServeConfig
 from mixrec.pipelines.workspace import Workspace
 
@@ -52,7 +52,7 @@ class ResolvedServe:
         """Plain JSON/YAML data that :meth:`from_args` turns back into an equal plan."""
         return {"model_name": self.model_name, "arms": dict(self.arms), "weights": dict(self.weights),
                 "tracking_uri": self.tracking_uri, "workspace": str(self.workspace.root),
-                "serve": self.serve.model_dump(mode="json"), "schema": asdict(self.schema), "env": dict(self.env),
+                "serve": self.serve.model_dump(mode="json"), "schema": self.schema.to_dict(), "env": dict(self.env),
                 "token_sha256": self.token_sha256}
 
     @classmethod
@@ -61,11 +61,9 @@ class ResolvedServe:
         missing = sorted({"model_name", "arms", "weights", "tracking_uri", "workspace", "serve", "schema"} - set(args))
         if missing:
             raise ValueError(f"serve application args lack {missing}: write the file with `mixrec serve --write-config`")
-        schema = dict(args["schema"])
-        schema["fields"] = tuple(FeatureField(**f) for f in schema.get("fields", ()))
         return cls(serve=ServeConfig(**args["serve"]), model_name=args["model_name"],
                    arms={str(k): str(v) for k, v in args["arms"].items()},
                    weights={str(k): float(v) for k, v in args["weights"].items()},
                    tracking_uri=args["tracking_uri"], workspace=Workspace(Path(args["workspace"])),
-                   schema=DatasetSchema(**schema), env=dict(args.get("env") or {}),
+                   schema=DatasetSchema.from_dict(args["schema"]), env=dict(args.get("env") or {}),
                    token_sha256=args.get("token_sha256"))
