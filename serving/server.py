@@ -52,10 +52,15 @@ def serving_schema(cfg: PipelineConfig):
     return schema
 
 
-def resolve_serve(cfg: PipelineConfig, ws: Workspace) -> ResolvedServe:
-    """The config's serve section with everything resolved now: aliases, tracking URI, token, schema."""
+def resolve_serve(cfg: PipelineConfig, ws: Workspace, versions: dict[str, str] | None = None) -> ResolvedServe:
+    """The config's serve section with everything resolved now: aliases, tracking URI, token, schema.
+    ``versions`` (arm -> model version) pins the arms instead of resolving the aliases (an A/B gate serves a
+    candidate that no alias names yet); their weights come from ``serve.arms``."""
     tracking_uri = setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws)
-    arms, weights = resolve_arms(cfg.registry.model_name, cfg.serve.arms)
+    if versions is None:
+        arms, weights = resolve_arms(cfg.registry.model_name, cfg.serve.arms)
+    else:
+        arms, weights = dict(versions), {arm: cfg.serve.arms.get(arm, 0.0) for arm in versions}
     return ResolvedServe(serve=cfg.serve, model_name=cfg.registry.model_name, arms=arms, weights=weights,
                          tracking_uri=tracking_uri, workspace=ws, schema=serving_schema(cfg), env=dict(QUIET_ENV),
                          token_sha256=configured_token_digest(cfg.serve))
@@ -75,16 +80,17 @@ def _http_proxy(serve_cfg: ServeConfig) -> tuple[str, int]:
     return client.http_config.host, client.http_config.port
 
 
-def deploy(cfg: PipelineConfig, ray_address: str | None = None) -> tuple[str, ResolvedServe]:
-    """Deploy (or redeploy) the config's application, aliases resolved now; returns its base URL
-    (http://HOST:PORT/PREFIX) and what it was built from. Other applications keep running; nothing is
-    recorded in the workspace (:func:`start_serving` does)."""
+def deploy(cfg: PipelineConfig, ray_address: str | None = None,
+           versions: dict[str, str] | None = None) -> tuple[str, ResolvedServe]:
+    """Deploy (or redeploy) the config's application, aliases resolved now (or ``versions`` pinned, see
+    :func:`resolve_serve`); returns its base URL (http://HOST:PORT/PREFIX) and what it was built from. Other
+    applications keep running; nothing is recorded in the workspace (:func:`start_serving` does)."""
     init_ray(ray_address)
     from ray import serve
 
     from .app import build_app
 
-    plan = resolve_serve(cfg, Workspace.resolve(cfg.workspace))
+    plan = resolve_serve(cfg, Workspace.resolve(cfg.workspace), versions)
     host, port = _http_proxy(cfg.serve)
     serve.run(build_app(plan), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
     return f"http://{host}:{port}{cfg.serve.route_prefix}", plan

@@ -62,12 +62,12 @@ def test_the_online_gate_runs_on_the_served_challenger_and_its_verdict_is_record
     _reset()
     calls = []
 
-    def gate(cfg, version, progress):
-        calls.append((version, registry.resolve_alias(MODEL, CHALLENGER)))
+    def gate(cfg, arms, progress):
+        calls.append((arms, registry.resolve_alias(MODEL, CHALLENGER)))
         return OnlineVerdict(passed=False, reasons=["online: no lift"], run_id="ab-run", detail="printed")
 
     out = gated_promote(setup, "2", force=True, online_gate=gate, progress=lambda _: None)
-    assert calls == [("2", "2")]  # challenger moved to the version before the gate ran
+    assert calls == [({CHAMPION: "1", CHALLENGER: "2"}, "2")]  # challenger moved to the version before the gate ran
     assert out.promoted and out.online.detail == "printed" and out.reasons[-1] == "online: no lift"
     assert any("AUC delta" in r for r in out.reasons)  # the offline reasons come first
     tags = mlflow.MlflowClient().get_model_version(MODEL, "2").tags
@@ -89,3 +89,65 @@ def test_an_online_gate_needs_both_arms_served(setup):
     with pytest.raises(RegistryError, match="needs serve.arms with 'champion' and 'challenger'"):
         gated_promote(cfg, "2", force=True, online_gate=lambda *a: None, progress=lambda _: None)
     assert registry.resolve_alias(MODEL, CHALLENGER) == "1"  # checked before anything moved
+
+
+def _lenient(cfg):
+    """The config with an offline gate that identical models pass (CI low 0 > -1, logloss delta 0 <= 0)."""
+    return cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"promote_min_auc_delta": -1.0})})
+
+
+def _registry_snapshot() -> tuple:
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("gate")
+    return (dict(client.get_registered_model(MODEL).aliases), len(registry.alias_log(client, MODEL)),
+            [client.get_model_version(MODEL, v).tags for v in ("1", "2")],
+            len(client.search_runs([exp.experiment_id])))
+
+
+def test_a_refused_online_gate_moves_challenger_back(setup):
+    _reset(challenger="1")
+    with pytest.raises(PromotionRefused, match="online: no lift"):
+        gated_promote(_lenient(setup), "2", progress=lambda _: None,
+                      online_gate=lambda cfg, arms, progress: OnlineVerdict(passed=False, reasons=["online: no lift"]))
+    client = mlflow.MlflowClient()
+    assert registry.resolve_alias(MODEL, CHALLENGER) == "1" and registry.resolve_alias(MODEL, CHAMPION) == "1"
+    moved, restored = registry.alias_log(client, MODEL)[-2:]
+    assert (moved["alias"], moved["version"], restored["alias"], restored["version"]) == (CHALLENGER, "2", CHALLENGER, "1")
+    assert restored["reason"] == "restored: promotion of v2 did not happen"
+
+    def crashing_gate(cfg, arms, progress):
+        raise RuntimeError("serving failed")
+
+    with pytest.raises(RuntimeError, match="serving failed"):
+        gated_promote(_lenient(setup), "2", online_gate=crashing_gate, progress=lambda _: None)
+    assert registry.resolve_alias(MODEL, CHALLENGER) == "1"
+
+
+def test_dry_run_reports_the_verdict_and_moves_or_writes_nothing(setup, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from mixrec.cli import app
+
+    _reset(challenger="1")
+    before = _registry_snapshot()
+    refused = gated_promote(setup, "2", dry_run=True, progress=lambda _: None)
+    assert refused.dry_run and not refused.passed and not refused.promoted and refused.eval_run_id is None
+    assert any("AUC delta" in r for r in refused.reasons)
+    served = []
+    passed = gated_promote(_lenient(setup), "2", dry_run=True, progress=lambda _: None,
+                           online_gate=lambda cfg, arms, progress: served.append(arms) or OnlineVerdict(True, []))
+    assert passed.passed and not passed.promoted and served == [{CHAMPION: "1", CHALLENGER: "2"}]
+    assert _registry_snapshot() == before  # no alias, tag, log entry or run written
+
+    strict, lenient = tmp_path / "strict.yaml", tmp_path / "lenient.yaml"
+    strict.write_text(yaml.safe_dump(setup.to_dict()))
+    lenient.write_text(yaml.safe_dump(_lenient(setup).to_dict()))
+    out = CliRunner().invoke(app, ["promote", "2", "--dry-run", "--config", str(strict)])
+    assert out.exit_code == 1 and "dry run: gate-model v2 would be refused" in out.output, out.output
+    out = CliRunner().invoke(app, ["promote", "2", "--dry-run", "--config", str(lenient)])
+    assert out.exit_code == 0 and "dry run: gate-model v2 would be promoted (champion stays v1" in out.output
+    out = CliRunner().invoke(app, ["promote", "2", "--dry-run", "--force", "--config", str(lenient)])
+    assert out.exit_code == 2 and out.output.strip().splitlines() == [
+        "error: --dry-run and --force exclude each other: a dry run moves nothing"]
+    assert _registry_snapshot() == before

@@ -17,7 +17,7 @@ VERBS = {
     "jobs status": ["--address", "JOB_ID"],
     "jobs stop": ["--address", "JOB_ID"],
     "models": [],
-    "promote": ["--candidates", "--concurrency", "--config", "--data", "--force", "--rate", "--reason", "--requests", "--require-ab", "--seed", "--workspace", "-c", "-w", "VERSION"],
+    "promote": ["--candidates", "--concurrency", "--config", "--data", "--dry-run", "--force", "--rate", "--reason", "--requests", "--require-ab", "--seed", "--workspace", "-c", "-w", "VERSION"],
     "query": ["--device", "--file", "--hour", "--items", "--timeout", "--token-env", "--url", "--user", "--workspace", "-f", "-w"],
     "rollback": ["--config", "--reason", "--workspace", "-c", "-w"],
     "run": ["--fresh", "--workspace", "-w", "CONFIG"],
