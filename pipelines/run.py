@@ -41,7 +41,8 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
     from . import lineage, pyfunc, registry
     from .train import train
 
-    tracking_uri = registry.setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws)
+    tracking_uri = registry.setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws,
+                                           cfg.registry.lock_uri)
     with mlflow.start_run(run_name=f"pipeline-{cfg.model.name}") as run:
         mlflow.log_params({"model.name": cfg.model.name, **{f"data.{k}": v for k, v in cfg.data.model_dump().items()}})
         mlflow.log_dict(cfg.to_dict(), "config.json")

@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from mixrec.pipelines.cli_args import ConfigOpt, WorkspaceOpt, cli_config, fail, tracking_config
-from mixrec.pipelines.config import ConfigError
 
 from .client import TOKEN_ENV, RequestFileError, parse_items, rank, read_requests, served_url
 from .splitter import normalize_weights, parse_weights
@@ -92,21 +91,26 @@ ab_app = typer.Typer(no_args_is_help=True, help="The served A/B test: change arm
 @ab_app.command("set-weights")
 def ab_set_weights(weights: Annotated[list[str], typer.Argument(help="ALIAS=WEIGHT ..., e.g. champion=0.9 challenger=0.1")],
                    config: ConfigOpt = None, workspace: WorkspaceOpt = None) -> None:
-    """Change the served arms and weights live (no dropped requests): aliases are resolved again, the splitter
-    is reconfigured, rankers of unchanged versions keep running. An alias left out gets no traffic."""
+    """Change the weights of the running server's arms live (no dropped requests), nothing else: token, A/B
+    salt, limits and versions stay as the server recorded them (--config only locates the workspace). A served
+    arm left out gets no traffic. Exit 2: bad weights; 3: no running server."""
+    from .server import set_weights
+    from .state import ServerUnreachable, join_recorded_ray
+
     try:
         parsed = parse_weights(weights)
+        normalize_weights(parsed)  # NaN, inf, negative, all zero, overflowing sum: refused before any contact
     except ValueError as err:
         fail(str(err))
-    cfg = cli_config(config, workspace)
-    from mixrec.pipelines.registry import RegistryError
-
-    from .server import set_weights
-
+    ws = cli_config(config, workspace).workspace
+    join_recorded_ray(ws)  # the recorded auth mode, before Ray is imported
     try:
-        spec = set_weights(cfg, parsed)
-    except (RegistryError, ConfigError, ValueError) as err:
+        spec = set_weights(ws, parsed)
+    except ValueError as err:
         fail(str(err))
+    except ServerUnreachable as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(3) from None
     shares = ", ".join(f"{arm} (v{spec.arms[arm]}) {w:.0%}" for arm, w in normalize_weights(spec.weights).items())
     typer.echo(f"serving {spec.model_name}: {shares}")
 

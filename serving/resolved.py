@@ -9,9 +9,10 @@ every ranker running.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
-from mixrec.features.schema import DatasetSchema
+from mixrec.features.schema import DatasetSchema, FeatureField
 from mixrec.pipelines.config import ServeConfig
 from mixrec.pipelines.workspace import Workspace
 
@@ -31,6 +32,22 @@ class ResolvedServe:
     schema: DatasetSchema  # the dataset schema the served models were trained on
     env: dict[str, str]  # environment of the replicas (quiet logging)
     token_sha256: str | None  # live (splitter user_config); None: no auth
+
+    def to_state(self) -> dict:
+        """JSON-able, for the workspace's serve.json: everything a later process needs to redeploy exactly this
+        application (:meth:`from_state`), e.g. with other weights only."""
+        return {"serve": self.serve.model_dump(mode="json"), "model_name": self.model_name, "arms": self.arms,
+                "weights": self.weights, "tracking_uri": self.tracking_uri, "workspace": str(self.workspace.root),
+                "schema": asdict(self.schema), "env": self.env, "token_sha256": self.token_sha256}
+
+    @classmethod
+    def from_state(cls, state: dict) -> ResolvedServe:
+        schema = dict(state["schema"])
+        fields = tuple(FeatureField(**f) for f in schema.pop("fields"))
+        return cls(serve=ServeConfig(**state["serve"]), model_name=state["model_name"], arms=dict(state["arms"]),
+                   weights=dict(state["weights"]), tracking_uri=state["tracking_uri"],
+                   workspace=Workspace(Path(state["workspace"])), schema=DatasetSchema(**schema, fields=fields),
+                   env=dict(state["env"]), token_sha256=state["token_sha256"])
 
     def _view(self, settings: tuple[str, ...], arms: dict[str, str]) -> ResolvedServe:
         serve = ServeConfig(**self.serve.model_dump(include=set(settings)))

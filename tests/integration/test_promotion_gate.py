@@ -6,7 +6,10 @@ No Ray: the preprocessor is fitted on pandas partials, the versions are register
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
+import numpy as np
 import pytest
 
 from mixrec.features.schema import SYNTHETIC_SCHEMA as schema
@@ -46,6 +49,7 @@ def setup(tmp_path_factory):
     for _ in range(2):
         with mlflow.start_run():
             log_and_register(checkpoint, rows[list(schema.model_columns)].head(5), MODEL)
+    cfg.__dict__["_test"] = {"checkpoint": checkpoint, "rows": rows, "root": root}  # for the loading tests
     yield cfg
     mlflow.set_tracking_uri(previous_uri)
     if previous_uri.startswith("sqlite:///"):
@@ -151,3 +155,45 @@ def test_dry_run_reports_the_verdict_and_moves_or_writes_nothing(setup, tmp_path
     assert out.exit_code == 2 and out.output.strip().splitlines() == [
         "error: --dry-run and --force exclude each other: a dry run moves nothing"]
     assert _registry_snapshot() == before
+
+
+class _Trap(mlflow.pyfunc.PythonModel):
+    """Stands for a pickled model from the artifact store: unpickling it touches ``marker``."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+    def predict(self, context, model_input, params=None):
+        raise AssertionError("never called")
+
+
+def test_versions_load_from_weights_and_json_never_from_a_pickle(setup):
+    from mlflow.models import Model
+
+    from mixrec.pipelines.pyfunc import MixrecRanker, load_ranker
+
+    test = setup.__dict__["_test"]
+    features = test["rows"][list(schema.model_columns)].head(50)
+    expected = MixrecRanker.from_checkpoint(test["checkpoint"]).score(features)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/1", dst_path=str(test["root"] / "dl")))
+    files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], files
+    assert {"data/checkpoint/model.pt", "data/checkpoint/model.json", "data/checkpoint/preprocessing.json"} <= files
+    assert Model.load(str(local / "MLmodel")).flavors["python_function"]["loader_module"] == "mixrec.pipelines.pyfunc"
+    np.testing.assert_allclose(load_ranker(MODEL, "1").score(features), expected, rtol=1e-6)
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(f"models:/{MODEL}/1").predict(features), expected, rtol=1e-6)
+
+    # A version logged the old way (a pickled python_model beside artifacts/checkpoint) loads from its files.
+    marker = test["root"] / "unpickled"
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="legacy", python_model=_Trap(str(marker)),
+                                       artifacts={"checkpoint": str(test["checkpoint"])})
+    legacy = mlflow.register_model(info.model_uri, "legacy-model").version
+    marker.unlink(missing_ok=True)
+    np.testing.assert_allclose(load_ranker("legacy-model", str(legacy)).score(features), expected, rtol=1e-6)
+    assert not marker.exists()

@@ -40,3 +40,18 @@ def test_a_new_version_or_ranker_setting_changes_the_ranker():
     assert repr(replace(base, arms={"champion": "1", "challenger": "3"}).ranker_view("challenger")) \
         != repr(base.ranker_view("challenger"))
     assert repr(plan(batch_max_size=4).ranker_view("champion")) != repr(base.ranker_view("champion"))
+
+
+def test_the_recorded_state_rebuilds_the_same_plan():
+    """serve.json's plan: a later process redeploys exactly this application (set-weights changes weights only)."""
+    import json
+
+    from mixrec.features.schema import FeatureField
+
+    schema = replace(SYNTHETIC_SCHEMA, fields=(*SYNTHETIC_SCHEMA.fields,
+                                               FeatureField("tags", "multi_hot", "item", max_len=3, nullable=True)))
+    original = replace(plan(salt="s-42", auth_token_env="TOKEN", max_candidates=9), schema=schema,
+                       token_sha256="ab" * 32)
+    again = ResolvedServe.from_state(json.loads(json.dumps(original.to_state())))
+    assert again == original and repr(again.splitter_view()) == repr(original.splitter_view())
+    assert all(repr(again.ranker_view(a)) == repr(original.ranker_view(a)) for a in original.arms)
