@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -62,7 +61,7 @@ def team(tmp_path_factory, free_port):
     _admin(f"CREATE DATABASE {feast_db}")
     port = free_port()
     server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"{PG}/{mlflow_db}",
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{PG}/{mlflow_db}",
          "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
         stdout=open(tmp / "mlflow.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
