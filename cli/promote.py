@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mixrec.pipelines.cli_args import ConfigOpt, WorkspaceOpt, tracking_config
+from mixrec.pipelines.cli_args import ConfigOpt, WorkspaceOpt, fail, tracking_config
 from mixrec.serving.cli import (
     CandidatesOpt,
     ConcurrencyOpt,
@@ -24,6 +24,9 @@ def promote(version: Annotated[str, typer.Argument(help="model version to make c
             config: ConfigOpt = None, workspace: WorkspaceOpt = None,
             reason: Annotated[str, typer.Option(help="why (recorded as a tag)")] = "manual promotion",
             force: Annotated[bool, typer.Option("--force", help="promote even when a gate fails (recorded)")] = False,
+            dry_run: Annotated[bool, typer.Option("--dry-run", help="run the gate(s) and print the verdict; move no "
+                                                  "alias, write nothing (exit 0: would promote, 1: would refuse)")]
+            = False,
             require_ab: Annotated[bool, typer.Option("--require-ab", help="also require a simulated online A/B "
                                                      "test through the served endpoint to favour VERSION")] = False,
             data: Annotated[Path | None, typer.Option(help="held-out Parquet (model columns + label); default: "
@@ -31,21 +34,31 @@ def promote(version: Annotated[str, typer.Argument(help="model version to make c
             requests: RequestsOpt = 2000, rate: RateOpt = 200.0, concurrency: ConcurrencyOpt = 16,
             candidates: CandidatesOpt = 20, seed: SeedOpt = 0) -> None:
     """Move `champion` to VERSION if it beats the champion on held-out data (paired bootstrap CIs of the AUC
-    and logloss deltas), and with --require-ab also in a simulated A/B test; --force overrides."""
+    and logloss deltas), and with --require-ab also in a simulated A/B test; --force overrides, --dry-run only
+    reports."""
     from mixrec.pipelines.promotion import gated_promote
     from mixrec.serving.abtest import ab_gate
 
+    if dry_run and force:
+        fail("--dry-run and --force exclude each other: a dry run moves nothing")
     cfg = tracking_config(config, workspace)
     gate = ab_gate(simulation_spec(requests, rate, concurrency, candidates, seed, True)) if require_ab else None
     # A refused gate raises PromotionRefused: one line with every reason, exit 1 (see mixrec.cli.errors).
-    out = gated_promote(cfg, version, force=force, online_gate=gate, data=data, reason=reason, progress=typer.echo)
+    out = gated_promote(cfg, version, force=force, online_gate=gate, data=data, reason=reason, dry_run=dry_run,
+                        progress=typer.echo)
     c = out.comparison
     typer.echo(f"  AUC {c.champion_auc:.4f} -> {c.challenger_auc:.4f}, delta {c.auc_delta.estimate:+.4f} "
                f"[{c.auc_delta.low:+.4f}, {c.auc_delta.high:+.4f}]; logloss {c.champion_logloss:.4f} -> "
                f"{c.challenger_logloss:.4f}, delta {c.logloss_delta.estimate:+.4f} "
-               f"[{c.logloss_delta.low:+.4f}, {c.logloss_delta.high:+.4f}] (MLflow run {out.eval_run_id})")
+               f"[{c.logloss_delta.low:+.4f}, {c.logloss_delta.high:+.4f}]"
+               + (f" (MLflow run {out.eval_run_id})" if out.eval_run_id else ""))
     if out.online is not None:
         echo_ab_result(out.online.detail)
+    if out.dry_run:
+        verdict = "would be promoted" if out.passed else "would be refused:\n  - " + "\n  - ".join(out.reasons)
+        typer.echo(f"dry run: {out.model_name} v{version} {verdict} (champion stays v{out.champion_before}; "
+                   "nothing was moved or written)")
+        raise typer.Exit(0 if out.passed else 1)
     if out.reasons:
         typer.echo("  forced past: " + "; ".join(out.reasons))
     typer.echo(f"{out.model_name} v{version} is now champion (was v{out.champion_before})")

@@ -100,5 +100,6 @@ def tracking_config(path: Path | None, workspace: Path | None) -> PipelineConfig
     from .workspace import Workspace
 
     cfg = cli_config(path, workspace)
-    setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, Workspace.resolve(cfg.workspace))
+    setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, Workspace.resolve(cfg.workspace),
+                   cfg.registry.lock_uri)
     return cfg

@@ -7,6 +7,7 @@ URIs here (sqlite vs PostgreSQL tracking, sqlite vs Redis online store), never i
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -140,6 +141,10 @@ class TrainConfig(_Section):
 class RegistryConfig(_Section):
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI when set as the process "
                                      "starts, else a sqlite file in the workspace")
+    lock_uri: str | None = Field(
+        None, description="PostgreSQL URI of the database behind a shared `mlflow server`: alias moves take an "
+        "advisory lock there, so promotions from several hosts serialise (default: the tracking URI when it is "
+        "PostgreSQL, else a lock file)")
     experiment: str = "mixrec"
     model_name: str = Field("mixrec-ranker", min_length=1)
     promote_min_auc_delta: float = Field(
@@ -189,11 +194,13 @@ class ServeConfig(_Section):
     def _arms_valid(cls, arms: dict[str, float]) -> dict[str, float]:
         if not arms:
             raise ValueError("at least one arm is needed, e.g. {champion: 1.0}")
-        bad = {k: v for k, v in arms.items() if v < 0}
+        bad = {k: v for k, v in arms.items() if not math.isfinite(v) or v < 0}
         if bad:
-            raise ValueError(f"weights must be >= 0, got {bad}")
+            raise ValueError(f"weights must be finite and >= 0, got {bad}")
         if sum(arms.values()) <= 0:
             raise ValueError("weights must not all be 0")
+        if not math.isfinite(sum(arms.values())):
+            raise ValueError(f"weights: their sum overflows ({arms}); use smaller numbers")
         return arms
 
 

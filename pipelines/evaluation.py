@@ -63,6 +63,8 @@ class PairedComparison:
     challenger_logloss: float
     auc_delta: Interval
     logloss_delta: Interval
+    champion_nonfinite: int = 0  # NaN or infinite scores (counted before they are scored as 0.5)
+    challenger_nonfinite: int = 0
 
     def flat(self) -> dict[str, float]:
         """Flat metric names for MLflow: auc_delta, auc_delta_low, ..."""
@@ -89,6 +91,11 @@ def paired_bootstrap(labels: np.ndarray, champion: np.ndarray, challenger: np.nd
     if len(champion) != n or len(challenger) != n:
         raise ValueError(f"scores must have one value per row: {n} labels, {len(champion)} champion, "
                          f"{len(challenger)} challenger scores")
+    # A NaN/inf score ranks arbitrarily and its logloss is undefined: count them (the gate refuses any) and
+    # score them as an uninformative 0.5 so the statistics stay defined.
+    champion, challenger = np.asarray(champion, dtype=np.float64), np.asarray(challenger, dtype=np.float64)
+    nonfinite = {"champion": int((~np.isfinite(champion)).sum()), "challenger": int((~np.isfinite(challenger)).sum())}
+    champion, challenger = (np.where(np.isfinite(s), s, 0.5) for s in (champion, challenger))
     rng = np.random.default_rng(seed)
     auc_d, ll_d = [], []
     for start in range(0, resamples, chunk):
@@ -110,7 +117,8 @@ def paired_bootstrap(labels: np.ndarray, champion: np.ndarray, challenger: np.nd
         champion_auc=base["champion"][0], challenger_auc=base["challenger"][0],
         champion_logloss=base["champion"][1], challenger_logloss=base["challenger"][1],
         auc_delta=interval(auc_d, base["challenger"][0] - base["champion"][0]),
-        logloss_delta=interval(ll_d, base["challenger"][1] - base["champion"][1]))
+        logloss_delta=interval(ll_d, base["challenger"][1] - base["champion"][1]),
+        champion_nonfinite=nonfinite["champion"], challenger_nonfinite=nonfinite["challenger"])
 
 
 @dataclass
@@ -121,12 +129,14 @@ class GateDecision:
 
 def offline_gate(cmp: PairedComparison, min_auc_delta: float, max_logloss_increase: float) -> GateDecision:
     """Pass when the whole CI of the AUC delta lies above ``min_auc_delta`` and the logloss delta (point
-    estimate) is at most ``max_logloss_increase``; the reasons name every failed condition."""
-    reasons = []
+    estimate) is at most ``max_logloss_increase``, and neither model produced a NaN or infinite score; the
+    reasons name every failed condition (a NaN statistic fails its condition)."""
+    reasons = [f"{who} produced {n} NaN or infinite score(s) on the held-out rows"
+               for who, n in (("challenger", cmp.challenger_nonfinite), ("champion", cmp.champion_nonfinite)) if n]
     if not cmp.auc_delta.low > min_auc_delta:
         reasons.append(f"AUC delta {cmp.auc_delta.estimate:+.4f} with {cmp.confidence:.0%} CI "
                        f"[{cmp.auc_delta.low:+.4f}, {cmp.auc_delta.high:+.4f}] is not above the margin {min_auc_delta:+.4f}")
-    if cmp.logloss_delta.estimate > max_logloss_increase:
+    if not cmp.logloss_delta.estimate <= max_logloss_increase:
         reasons.append(f"logloss delta {cmp.logloss_delta.estimate:+.4f} (CI [{cmp.logloss_delta.low:+.4f}, "
                        f"{cmp.logloss_delta.high:+.4f}]) is worse than allowed ({max_logloss_increase:+.4f})")
     return GateDecision(passed=not reasons, reasons=reasons)

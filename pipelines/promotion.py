@@ -43,8 +43,9 @@ class OnlineVerdict:
     detail: Any = None  # what the gate wants printed (e.g. serving's AbResult)
 
 
-# (cfg, version, progress) -> verdict; called with ``challenger`` already pointing at ``version``.
-OnlineGate = Callable[[PipelineConfig, str, Callable[[str], None]], OnlineVerdict]
+# (cfg, arms, progress) -> verdict: serve ``arms`` (alias -> version: the champion and the candidate as
+# ``challenger``) pinned to those versions, whatever the aliases say, and judge them.
+OnlineGate = Callable[[PipelineConfig, dict[str, str], Callable[[str], None]], OnlineVerdict]
 
 
 @dataclass
@@ -55,9 +56,14 @@ class PromotionOutcome:
     comparison: PairedComparison
     offline: GateDecision
     promoted: bool
-    eval_run_id: str
+    eval_run_id: str | None  # None in a dry run (nothing is written)
     online: OnlineVerdict | None = None  # with an online gate
     reasons: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
 
 
 def load_holdout(path: Path, label: str, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -107,11 +113,14 @@ def _log_evaluation(model_name: str, champion: str, challenger: str, data: Path,
 
 
 def gated_promote(cfg: PipelineConfig, version: str, *, force: bool = False, online_gate: OnlineGate | None = None,
-                  data: Path | None = None, reason: str = "gated promotion",
+                  data: Path | None = None, reason: str = "gated promotion", dry_run: bool = False,
                   progress: Callable[[str], None] = print) -> PromotionOutcome:
     """Evaluate ``version`` against the current champion and move ``champion`` to it when the gates pass (or
-    ``force``). The ``online_gate`` runs when the offline gate passed (or ``force``). Raises
-    :class:`PromotionRefused` when a gate fails. Tracking must be set up by the caller."""
+    ``force``). The ``online_gate`` runs when the offline gate passed (or ``force``), with ``challenger``
+    moved to ``version`` first (recorded) and moved back should the promotion not happen. Raises
+    :class:`PromotionRefused` when a gate fails. ``dry_run``: run the gates and return the verdict
+    (``outcome.passed``) without moving an alias or writing anything to MLflow. Tracking must be set up by the
+    caller."""
     schema = dataset_schema(cfg)
     ws = Workspace.resolve(cfg.workspace)
     name, version = cfg.registry.model_name, str(version)
@@ -127,32 +136,50 @@ def gated_promote(cfg: PipelineConfig, version: str, *, force: bool = False, onl
     cmp = compare_versions(name, champion, version, holdout, schema.label, schema.model_columns,
                            cfg.registry.bootstrap_resamples, cfg.registry.bootstrap_seed)
     decision = offline_gate(cmp, cfg.registry.promote_min_auc_delta, cfg.registry.promote_max_logloss_increase)
-    run_id = _log_evaluation(name, champion, version, data, cmp, decision, cfg)
+    run_id = None if dry_run else _log_evaluation(name, champion, version, data, cmp, decision, cfg)
     outcome = PromotionOutcome(model_name=name, champion_before=champion, challenger=version, comparison=cmp,
-                               offline=decision, promoted=False, eval_run_id=run_id, reasons=list(decision.reasons))
-    if online_gate is not None and (decision.passed or force):
-        outcome.online = _run_online_gate(cfg, version, online_gate, progress)
+                               offline=decision, promoted=False, eval_run_id=run_id, reasons=list(decision.reasons),
+                               dry_run=dry_run)
+    if online_gate is None or not (decision.passed or force):
+        return _finish(outcome, force, reason)
+    _check_ab_arms(cfg)
+    arms = {CHAMPION: champion, CHALLENGER: version}
+    if dry_run:
+        outcome.online = online_gate(cfg, arms, progress)
+        outcome.reasons.extend(outcome.online.reasons)
+        return outcome
+    previous = registry.alias_version(client, name, CHALLENGER)
+    if previous != version:
+        registry.move_alias(client, name, CHALLENGER, version, reason="online A/B gate of a promotion")
+    try:
+        outcome.online = online_gate(cfg, arms, progress)
         client.set_model_version_tag(name, version, "gate.ab_run_id", outcome.online.run_id or "")
         client.set_model_version_tag(name, version, "gate.ab_passed", str(outcome.online.passed))
         outcome.reasons.extend(outcome.online.reasons)
+        return _finish(outcome, force, reason)
+    finally:
+        if not outcome.promoted and previous not in (None, version):
+            registry.move_alias(client, name, CHALLENGER, previous,
+                                reason=f"restored: promotion of v{version} did not happen")
+
+
+def _finish(outcome: PromotionOutcome, force: bool, reason: str) -> PromotionOutcome:
+    """Refuse (the reasons listed), report a dry run's verdict, or move ``champion`` (compare-and-set)."""
+    name, version = outcome.model_name, outcome.challenger
+    if outcome.dry_run:
+        return outcome
     if outcome.reasons and not force:
         raise PromotionRefused(f"promotion of {name} v{version} refused:\n  - " + "\n  - ".join(outcome.reasons)
                                + "\n(use --force to promote anyway)")
-    why = f"{reason}; eval run {run_id}" + ("; FORCED past: " + " | ".join(outcome.reasons) if outcome.reasons else "")
-    registry.promote(name, version, reason=why, expected_champion=champion)
+    why = f"{reason}; eval run {outcome.eval_run_id}" + (
+        "; FORCED past: " + " | ".join(outcome.reasons) if outcome.reasons else "")
+    registry.promote(name, version, reason=why, expected_champion=outcome.champion_before)
     outcome.promoted = True
     return outcome
 
 
-def _run_online_gate(cfg: PipelineConfig, version: str, online_gate: OnlineGate,
-                     progress: Callable[[str], None]) -> OnlineVerdict:
-    """Check that the served arms include champion and challenger, point ``challenger`` at ``version``
-    (recorded), then run the gate."""
-    name = cfg.registry.model_name
+def _check_ab_arms(cfg: PipelineConfig) -> None:
+    """An online gate serves champion against challenger: both must be served arms."""
     arms = dict(cfg.serve.arms)
     if CHAMPION not in arms or CHALLENGER not in arms:
         raise RegistryError(f"--require-ab needs serve.arms with {CHAMPION!r} and {CHALLENGER!r}, got {arms}")
-    client = mlflow.MlflowClient()
-    if registry.alias_version(client, name, CHALLENGER) != version:
-        registry.move_alias(client, name, CHALLENGER, version, reason="online A/B gate of a promotion")
-    return online_gate(cfg, version, progress)

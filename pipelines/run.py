@@ -45,7 +45,8 @@ def run_pipeline(cfg: PipelineConfig, fresh: bool = False, progress: Callable[[s
     from . import lineage, pyfunc, registry, story
     from .train import epoch_line, train
 
-    tracking_uri = registry.setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws)
+    tracking_uri = registry.setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws,
+                                           cfg.registry.lock_uri)
     with mlflow.start_run(run_name=f"pipeline-{cfg.model.name}") as run:
         public = log_config(cfg)
         mlflow.log_dict(data.suite, "validation/suite.json")

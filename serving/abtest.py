@@ -173,27 +173,40 @@ def simulate(cfg: PipelineConfig, url: str, spec: SimulationSpec, progress: Call
     return AbResult(analysis=analysis, out_dir=out_dir, run_id=run_id)
 
 
-def simulate_served(cfg: PipelineConfig, spec: SimulationSpec, progress: Callable[[str], None] = print) -> AbResult:
-    """Serve ``cfg``'s arms (aliases resolved now) as an application of its own (:data:`SIMULATION_APP`, on
-    the running HTTP proxy if there is one), simulate, delete that application. An application already serving
-    (``mixrec serve``) keeps answering, and the workspace's serve.json keeps pointing at it."""
+def simulate_served(cfg: PipelineConfig, spec: SimulationSpec, progress: Callable[[str], None] = print,
+                    versions: dict[str, str] | None = None) -> AbResult:
+    """Serve ``cfg``'s arms (aliases resolved now, or ``versions`` pinned) as an application of its own
+    (:data:`SIMULATION_APP`), simulate, delete that application. It joins the running HTTP proxy of this Ray
+    instance if there is one; else it starts one on a free loopback port, never on ``serve.port`` (a server of
+    another Ray instance may hold it). An application already serving (``mixrec serve``) keeps answering, the
+    workspace's serve.json keeps pointing at it, and Serve is shut down only when no application is left."""
     from .server import deploy, stop_serving
 
     own = cfg.model_copy(update={"serve": cfg.serve.model_copy(
-        update={"app_name": SIMULATION_APP, "route_prefix": f"/{SIMULATION_APP}"})})
-    url, _ = deploy(own)
+        update={"app_name": SIMULATION_APP, "route_prefix": f"/{SIMULATION_APP}", "host": "127.0.0.1",
+                "port": free_loopback_port()})})
+    url, _ = deploy(own, versions=versions)
     try:
         return simulate(cfg, url, spec, progress)
     finally:
         stop_serving(own)
 
 
+def free_loopback_port() -> int:
+    """A port nothing listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def ab_gate(spec: SimulationSpec) -> OnlineGate:
-    """The promotion's online gate: with ``challenger`` already on the candidate version (the promotion moves
-    it), serve champion vs challenger under the simulation's own application, simulate ``spec``, judge."""
-    def gate(cfg: PipelineConfig, version: str, progress: Callable[[str], None]) -> OnlineVerdict:
-        progress(f"online gate: serving champion and challenger v{version}, simulating users")
-        result = simulate_served(cfg, spec, progress)
+    """The promotion's online gate: serve the given arms (champion and the candidate as challenger, pinned
+    versions) under the simulation's own application, simulate ``spec``, judge."""
+    def gate(cfg: PipelineConfig, arms: dict[str, str], progress: Callable[[str], None]) -> OnlineVerdict:
+        progress(f"online gate: serving {', '.join(f'{a} v{v}' for a, v in arms.items())}, simulating users")
+        result = simulate_served(cfg, spec, progress, versions=arms)
         reasons = online_gate_reasons(result.analysis)
         return OnlineVerdict(passed=not reasons, reasons=reasons, run_id=result.run_id, detail=result)
 

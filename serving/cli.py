@@ -114,13 +114,25 @@ ab_app = typer.Typer(no_args_is_help=True, help="The served A/B test: change arm
 @ab_app.command("set-weights")
 def ab_set_weights(weights: Annotated[list[str], typer.Argument(help="ALIAS=WEIGHT ..., e.g. champion=0.9 challenger=0.1")],
                    config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Change the served arms and weights live (no dropped requests): aliases are resolved again, the splitter
-    is reconfigured, rankers of unchanged versions keep running. An alias left out gets no traffic."""
-    parsed = parse_weights(weights)  # a bad weight is a ValueError: exit 2 before anything is touched
-    cfg = cli_config(config, workspace)
+    """Change the weights of the running server's arms live (no dropped requests), nothing else: token, A/B
+    salt, limits and versions stay as the server recorded them (--config only locates the workspace). A served
+    arm left out gets no traffic. Exit 2: bad weights; 3: no running server."""
     from .server import set_weights
+    from .state import ServerUnreachable, join_recorded_ray
 
-    spec = set_weights(cfg, parsed)
+    try:
+        parsed = parse_weights(weights)
+        normalize_weights(parsed)  # NaN, inf, negative, all zero, overflowing sum: refused before any contact
+    except ValueError as err:
+        fail(str(err))
+    ws = cli_config(config, workspace).workspace
+    try:
+        join_recorded_ray(ws)  # the recorded auth mode, before Ray is imported
+        spec = set_weights(ws, parsed)
+    except ValueError as err:
+        fail(str(err))
+    except ServerUnreachable as err:
+        raise Unreachable(str(err)) from None
     weights = normalize_weights(spec.weights)
     if as_json:
         echo_json({"model_name": spec.model_name, "arms": spec.arms, "weights": weights})

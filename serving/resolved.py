@@ -47,7 +47,8 @@ class ResolvedServe:
         through its ``user_config`` only, so changing them reconfigures the running replicas."""
         return self._view(SPLITTER_SETTINGS, self.arms)
 
-    # --- as a Serve config file's application args (serving.serve_config, serving.app.app_builder) ----------
+    # --- as data: the workspace's serve.json (a later process redeploys exactly this application, e.g. with
+    # other weights only) and a Serve config file's application args (serving.serve_config, app.app_builder) --
     def to_args(self) -> dict:
         """Plain JSON/YAML data that :meth:`from_args` turns back into an equal plan."""
         return {"model_name": self.model_name, "arms": dict(self.arms), "weights": dict(self.weights),

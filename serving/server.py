@@ -7,14 +7,16 @@ Importing this module imports no Ray (see :func:`mixrec.serving.state.join_recor
 
 from __future__ import annotations
 
-from mixrec.pipelines.config import ConfigError, PipelineConfig, ServeConfig, dataset_schema, parse_config
+from dataclasses import replace
+
+from mixrec.pipelines.config import ConfigError, PipelineConfig, ServeConfig, dataset_schema
 from mixrec.pipelines.registry import RegistryError, resolve_alias, setup_tracking
 from mixrec.pipelines.runtime import QUIET_ENV, init_ray
 from mixrec.pipelines.workspace import Workspace
 
 from .auth import configured_token_digest
 from .resolved import ResolvedServe
-from .state import join_recorded_ray, record_state
+from .state import ServerUnreachable, join_recorded_ray, record_state, running_state
 
 APP_NAME = ServeConfig().app_name  # the default application, as KubeRay's serveConfigV2 names it
 
@@ -52,10 +54,15 @@ def serving_schema(cfg: PipelineConfig):
     return schema
 
 
-def resolve_serve(cfg: PipelineConfig, ws: Workspace) -> ResolvedServe:
-    """The config's serve section with everything resolved now: aliases, tracking URI, token, schema."""
+def resolve_serve(cfg: PipelineConfig, ws: Workspace, versions: dict[str, str] | None = None) -> ResolvedServe:
+    """The config's serve section with everything resolved now: aliases, tracking URI, token, schema.
+    ``versions`` (arm -> model version) pins the arms instead of resolving the aliases (an A/B gate serves a
+    candidate that no alias names yet); their weights come from ``serve.arms``."""
     tracking_uri = setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws)
-    arms, weights = resolve_arms(cfg.registry.model_name, cfg.serve.arms)
+    if versions is None:
+        arms, weights = resolve_arms(cfg.registry.model_name, cfg.serve.arms)
+    else:
+        arms, weights = dict(versions), {arm: cfg.serve.arms.get(arm, 0.0) for arm in versions}
     return ResolvedServe(serve=cfg.serve, model_name=cfg.registry.model_name, arms=arms, weights=weights,
                          tracking_uri=tracking_uri, workspace=ws, schema=serving_schema(cfg), env=dict(QUIET_ENV),
                          token_sha256=configured_token_digest(cfg.serve))
@@ -75,16 +82,17 @@ def _http_proxy(serve_cfg: ServeConfig) -> tuple[str, int]:
     return client.http_config.host, client.http_config.port
 
 
-def deploy(cfg: PipelineConfig, ray_address: str | None = None) -> tuple[str, ResolvedServe]:
-    """Deploy (or redeploy) the config's application, aliases resolved now; returns its base URL
-    (http://HOST:PORT/PREFIX) and what it was built from. Other applications keep running; nothing is
-    recorded in the workspace (:func:`start_serving` does)."""
+def deploy(cfg: PipelineConfig, ray_address: str | None = None,
+           versions: dict[str, str] | None = None) -> tuple[str, ResolvedServe]:
+    """Deploy (or redeploy) the config's application, aliases resolved now (or ``versions`` pinned, see
+    :func:`resolve_serve`); returns its base URL (http://HOST:PORT/PREFIX) and what it was built from. Other
+    applications keep running; nothing is recorded in the workspace (:func:`start_serving` does)."""
     init_ray(ray_address)
     from ray import serve
 
     from .app import build_app
 
-    plan = resolve_serve(cfg, Workspace.resolve(cfg.workspace))
+    plan = resolve_serve(cfg, Workspace.resolve(cfg.workspace), versions)
     host, port = _http_proxy(cfg.serve)
     serve.run(build_app(plan), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
     return f"http://{host}:{port}{cfg.serve.route_prefix}", plan
@@ -96,39 +104,41 @@ def start_serving(cfg: PipelineConfig, ray_address: str | None = None) -> str:
     from .serve_config import write_serve_config
 
     url, plan = deploy(cfg, ray_address)
-    record_state(Workspace.resolve(cfg.workspace), url, plan.serve.app_name, plan.arms, plan.weights)
+    record_state(Workspace.resolve(cfg.workspace), url, plan)
     write_serve_config(plan)  # the same application as a Serve config file, for `serve run/deploy`
     return url
 
 
-def set_weights(cfg: PipelineConfig, weights: dict[str, float], ray_address: str | None = None) -> ResolvedServe:
-    """Change the served arms and their weights live: aliases are resolved again and the application is
-    deployed again. Rankers whose version is unchanged keep running (their constructor argument does not
-    depend on the weights); the splitter only gets a new ``user_config`` (``reconfigure``) unless the set of
-    arms changed, so requests keep flowing. ``ray_address``: the Ray instance that serves (default: the
-    one recorded in the workspace's serve.json, else the current/local one)."""
-    ws = Workspace.resolve(cfg.workspace)
-    if ray_address is None:
-        ray_address = join_recorded_ray(ws)
-    data = cfg.to_dict()
-    data["serve"]["arms"] = dict(weights)
-    updated = parse_config(data, "(ab set-weights)")
-    init_ray(ray_address)
-    setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, ws)
-    missing = [alias for alias, w in weights.items() if w > 0 and _alias_missing(cfg.registry.model_name, alias)]
-    if missing:
-        raise RegistryError(f"model {cfg.registry.model_name!r} has no alias {missing}: cannot route traffic to it")
-    url, plan = deploy(updated)
-    record_state(ws, url, plan.serve.app_name, plan.arms, plan.weights)
+def set_weights(workspace: Workspace | str | None, weights: dict[str, float]) -> ResolvedServe:
+    """Change the traffic weights of the server recorded in the workspace's serve.json, and nothing else: the
+    application is redeployed from the plan it recorded (same versions, token, salt, limits, replicas, route),
+    so only the splitter's ``user_config`` changes (``reconfigure``: requests keep flowing, rankers keep
+    running). Served arms left out get weight 0. Bad weights (NaN, infinite, negative, all zero, a sum that
+    overflows, an arm not served) raise ValueError before anything is contacted; a missing or dead server
+    raises :class:`ServerUnreachable` within seconds. Joins the Ray instance serve.json records."""
+    from .app import build_app
+    from .splitter import normalize_weights
+
+    ws = Workspace.resolve(workspace) if not isinstance(workspace, Workspace) else workspace
+    normalize_weights(weights)
+    state = running_state(ws)
+    plan = ResolvedServe.from_args(state["plan"])
+    unknown = sorted(set(weights) - set(plan.arms))
+    if unknown:
+        raise ValueError(f"weights: arm(s) {unknown} not served; served arms: {sorted(plan.arms)} (serve others "
+                         "with `mixrec serve`)")
+    plan = replace(plan, weights={arm: float(weights.get(arm, 0.0)) for arm in plan.arms})
+    normalize_weights(plan.weights)
+    address = join_recorded_ray(ws)
+    ray = init_ray(address)
+    if ray.get_runtime_context().gcs_address != address:
+        raise ServerUnreachable(f"this process is attached to the Ray instance at "
+                                f"{ray.get_runtime_context().gcs_address}, the server runs at {address}")
+    from ray import serve
+
+    serve.run(build_app(plan), name=plan.serve.app_name, route_prefix=plan.serve.route_prefix)
+    record_state(ws, state["url"], plan)
     return plan
-
-
-def _alias_missing(model_name: str, alias: str) -> bool:
-    try:
-        resolve_alias(model_name, alias)
-    except RegistryError:
-        return True
-    return False
 
 
 def stop_serving(app: PipelineConfig | str = APP_NAME) -> None:

@@ -37,6 +37,8 @@ def normalize_weights(weights: dict[str, float]) -> dict[str, float]:
     total = float(sum(weights.values()))
     if total <= 0:
         raise ValueError("weights: must not all be 0")
+    if not np.isfinite(total):
+        raise ValueError(f"weights: their sum overflows ({weights}); use smaller numbers, e.g. 0.9 and 0.1")
     return {arm: w / total for arm, w in sorted(weights.items())}
 
 

@@ -1,24 +1,47 @@
 """serve.json: what a running server recorded in its workspace (URL, application, arms, Ray address and auth
-mode), read by the processes that join it later (`mixrec query`, `mixrec ab set-weights`). Imports no Ray: a
-joining process must take the auth mode before Ray is first imported."""
+mode, and the resolved plan it was built from), read by the processes that join it later (`mixrec query`,
+`mixrec ab set-weights`). Imports no Ray: a joining process must take the auth mode before Ray is first
+imported. Written owner-only: the plan holds the tracking URI and the token's digest."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 from mixrec.features.io import write_json_atomic
 from mixrec.pipelines.workspace import Workspace
 
 
-def record_state(ws: Workspace, url: str, app_name: str, arms: dict[str, str], weights: dict[str, float]) -> None:
-    """Write serve.json for the application just deployed, with the Ray instance that serves it."""
+class ServerUnreachable(RuntimeError):
+    """No server is recorded in the workspace, or the Ray instance it recorded does not answer."""
+
+
+def record_state(ws: Workspace, url: str, plan) -> None:
+    """Write serve.json for the application just deployed (``plan``: its ResolvedServe), with the Ray instance
+    that serves it."""
     import ray
 
-    write_json_atomic({"url": url, "app_name": app_name, "arms": arms, "weights": weights,
+    write_json_atomic({"url": url, "app_name": plan.serve.app_name, "arms": plan.arms, "weights": plan.weights,
                        "ray_address": ray.get_runtime_context().gcs_address,
-                       "ray_auth_mode": os.environ.get("RAY_AUTH_MODE")}, ws.serve_state)
+                       "ray_auth_mode": os.environ.get("RAY_AUTH_MODE"), "plan": plan.to_args()}, ws.serve_state)
+    os.chmod(ws.serve_state, 0o600)
+
+
+def running_state(ws: Workspace, connect_timeout_s: float = 3.0) -> dict:
+    """serve.json of the server to act on, after checking that its Ray instance accepts connections (a dead
+    address would make ``ray.init`` retry for minutes); raises :class:`ServerUnreachable`."""
+    state = recorded_state(ws)
+    if not state or "plan" not in state:
+        raise ServerUnreachable(f"no running server recorded in {ws.serve_state}: start one with `mixrec serve`")
+    host, _, port = str(state.get("ray_address") or "").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=connect_timeout_s).close()
+    except (OSError, ValueError):
+        raise ServerUnreachable(f"the Ray instance recorded in {ws.serve_state} ({state.get('ray_address')}) does "
+                                "not answer: is `mixrec serve` still running?") from None
+    return state
 
 
 def recorded_state(workspace: Workspace | Path | str | None) -> dict | None:

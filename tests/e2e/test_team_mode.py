@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -62,7 +61,7 @@ def team(tmp_path_factory, free_port):
     _admin(f"CREATE DATABASE {feast_db}")
     port = free_port()
     server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"{PG}/{mlflow_db}",
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{PG}/{mlflow_db}",
          "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
         stdout=open(tmp / "mlflow.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -79,6 +78,7 @@ def team(tmp_path_factory, free_port):
         else:
             pytest.fail("mlflow server not healthy after 180 s")
         yield {"tracking_uri": f"http://127.0.0.1:{port}", "feast_db": feast_db, "project": project,
+               "mlflow_db_uri": f"{PG}/{mlflow_db}",
                "tmp": tmp, "serve_port": free_port()}
     finally:
         os.killpg(server.pid, signal.SIGKILL)  # its huey consumers and workers share the group
@@ -133,3 +133,71 @@ def test_pipeline_and_serving_on_postgres_and_redis(ray_session, team):
         assert r.json()["model_name"] == "team-ranker" and r.json()["model_version"] == "1"
     finally:
         stop_serving(cfg)
+
+
+RACE = """
+import sys
+from mixrec.pipelines import registry
+from mixrec.pipelines.workspace import Workspace
+tracking_uri, workspace, lock_uri, model, version = sys.argv[1:]
+registry.setup_tracking(tracking_uri, "race", Workspace.resolve(workspace).create(), lock_uri)
+try:
+    registry.promote(model, version, reason=f"race for v{version}", expected_champion="1")
+except registry.RegistryError as err:
+    print(err)
+    sys.exit(2)
+"""
+
+
+def _advisory_waiters(lock_uri: str) -> int:
+    import psycopg2
+
+    with psycopg2.connect(lock_uri) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+        return cur.fetchone()[0]
+
+
+def test_concurrent_promotions_from_two_workspaces_one_wins_the_other_is_refused(team):
+    """Two processes with workspaces of their own promote different versions against the one `mlflow server`,
+    both evaluated against champion v1. The registry lock is a PostgreSQL advisory lock in the server's
+    database: this test holds it until both wait on it, then lets them race. Exactly one moves champion; the
+    other sees the champion moved (compare-and-set) and is refused; the alias log has the one move."""
+    import mlflow
+
+    from mixrec.pipelines import registry
+    from mixrec.pipelines.workspace import Workspace
+
+    lock_uri, tracking_uri, tmp = team["mlflow_db_uri"], team["tracking_uri"], team["tmp"]
+    previous_uri = mlflow.get_tracking_uri()
+    try:
+        registry.setup_tracking(tracking_uri, "race", Workspace(tmp / "ws-main").create(), lock_uri)
+        client = mlflow.MlflowClient()
+        client.create_registered_model("race")
+        with mlflow.start_run() as run:
+            pass
+        for _ in range(3):
+            client.create_model_version("race", source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+        registry.promote("race", "1", reason="baseline")
+        with registry.registry_lock():
+            procs = {v: subprocess.Popen([sys.executable, "-c", RACE, tracking_uri, str(tmp / f"ws-{v}"), lock_uri,
+                                          "race", v], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for v in ("2", "3")}
+            deadline = time.time() + 240
+            while _advisory_waiters(lock_uri) < 2:
+                assert all(p.poll() is None for p in procs.values()), [p.communicate() for p in procs.values()]
+                assert time.time() < deadline, "the promotions never waited on the advisory lock"
+                time.sleep(0.5)
+            assert registry.resolve_alias("race", "champion") == "1"  # neither got past the lock
+        results = {v: (p.wait(300), p.communicate()) for v, p in procs.items()}
+        winners = [v for v, (rc, _) in results.items() if rc == 0]
+        losers = [v for v, (rc, _) in results.items() if rc == 2]
+        assert len(winners) == 1 and len(losers) == 1, results
+        assert f"moved from v1 to v{winners[0]}" in results[losers[0]][1][0]
+        assert registry.resolve_alias("race", "champion") == winners[0]
+        log = registry.alias_log(client, "race")
+        assert [(e["version"], e["previous"]) for e in log] == [("1", None), (winners[0], "1")]
+        assert registry.PENDING_TAG not in client.get_registered_model("race").tags
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+        registry.set_registry_lock(None)

@@ -178,8 +178,7 @@ def test_one_epoch_on_multi_hot_fields_trains_reloads_and_scores_raw_rows(shop, 
     model, pre, spec = load_checkpoint(outcome.checkpoint_dir)
     assert model.layout.bag_sizes == tuple(spec["layout"]["bag_sizes"]) == data.preprocessor.layout().bag_sizes
     assert 0.0 <= evaluate_checkpoint(outcome.checkpoint_dir, data.datasets["test"])["auc"] <= 1.0
-    ranker = MixrecRanker()  # the registered model's scorer, on raw rows with list columns
-    ranker.load_context(type("Ctx", (), {"artifacts": {"checkpoint": str(outcome.checkpoint_dir)}})())
+    ranker = MixrecRanker.from_checkpoint(outcome.checkpoint_dir)  # the registered model's scorer, on raw rows
     raw = pd.read_parquet(ws.holdout_path)
     probs = ranker.score(raw)
     assert probs.shape == (len(raw),) and np.isfinite(probs).all()

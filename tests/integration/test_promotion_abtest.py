@@ -59,7 +59,7 @@ def _register_copy(source_version: str, tmp_dir, reinit_seed: int | None, why: s
 
     local = mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{source_version}", dst_path=str(tmp_dir / "dl"))
     ckpt = tmp_dir / f"ckpt-{why}"
-    shutil.copytree(f"{local}/artifacts/checkpoint", ckpt)
+    shutil.copytree(f"{local}/data/checkpoint", ckpt)  # the model's data_path
     if reinit_seed is not None:
         spec = read_spec(ckpt)
         torch.manual_seed(reinit_seed)

@@ -6,7 +6,10 @@ No Ray: the preprocessor is fitted on pandas partials, the versions are register
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
+import numpy as np
 import pytest
 
 from mixrec.features.schema import SYNTHETIC_SCHEMA as schema
@@ -46,6 +49,7 @@ def setup(tmp_path_factory):
     for _ in range(2):
         with mlflow.start_run():
             log_and_register(checkpoint, rows[list(schema.model_columns)].head(5), MODEL)
+    cfg.__dict__["_test"] = {"checkpoint": checkpoint, "rows": rows, "root": root}  # for the loading tests
     yield cfg
     mlflow.set_tracking_uri(previous_uri)
     if previous_uri.startswith("sqlite:///"):
@@ -62,12 +66,12 @@ def test_the_online_gate_runs_on_the_served_challenger_and_its_verdict_is_record
     _reset()
     calls = []
 
-    def gate(cfg, version, progress):
-        calls.append((version, registry.resolve_alias(MODEL, CHALLENGER)))
+    def gate(cfg, arms, progress):
+        calls.append((arms, registry.resolve_alias(MODEL, CHALLENGER)))
         return OnlineVerdict(passed=False, reasons=["online: no lift"], run_id="ab-run", detail="printed")
 
     out = gated_promote(setup, "2", force=True, online_gate=gate, progress=lambda _: None)
-    assert calls == [("2", "2")]  # challenger moved to the version before the gate ran
+    assert calls == [({CHAMPION: "1", CHALLENGER: "2"}, "2")]  # challenger moved to the version before the gate ran
     assert out.promoted and out.online.detail == "printed" and out.reasons[-1] == "online: no lift"
     assert any("AUC delta" in r for r in out.reasons)  # the offline reasons come first
     tags = mlflow.MlflowClient().get_model_version(MODEL, "2").tags
@@ -92,3 +96,107 @@ def test_an_online_gate_needs_both_arms_served(setup):
     with pytest.raises(RegistryError, match="needs serve.arms with 'champion' and 'challenger'"):
         gated_promote(cfg, "2", force=True, online_gate=lambda *a: None, progress=lambda _: None)
     assert registry.resolve_alias(MODEL, CHALLENGER) == "1"  # checked before anything moved
+
+
+def _lenient(cfg):
+    """The config with an offline gate that identical models pass (CI low 0 > -1, logloss delta 0 <= 0)."""
+    return cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"promote_min_auc_delta": -1.0})})
+
+
+def _registry_snapshot() -> tuple:
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("gate")
+    return (dict(client.get_registered_model(MODEL).aliases), len(registry.alias_log(client, MODEL)),
+            [client.get_model_version(MODEL, v).tags for v in ("1", "2")],
+            len(client.search_runs([exp.experiment_id])))
+
+
+def test_a_refused_online_gate_moves_challenger_back(setup):
+    _reset(challenger="1")
+    with pytest.raises(PromotionRefused, match="online: no lift"):
+        gated_promote(_lenient(setup), "2", progress=lambda _: None,
+                      online_gate=lambda cfg, arms, progress: OnlineVerdict(passed=False, reasons=["online: no lift"]))
+    client = mlflow.MlflowClient()
+    assert registry.resolve_alias(MODEL, CHALLENGER) == "1" and registry.resolve_alias(MODEL, CHAMPION) == "1"
+    moved, restored = registry.alias_log(client, MODEL)[-2:]
+    assert (moved["alias"], moved["version"], restored["alias"], restored["version"]) == (CHALLENGER, "2", CHALLENGER, "1")
+    assert restored["reason"] == "restored: promotion of v2 did not happen"
+
+    def crashing_gate(cfg, arms, progress):
+        raise RuntimeError("serving failed")
+
+    with pytest.raises(RuntimeError, match="serving failed"):
+        gated_promote(_lenient(setup), "2", online_gate=crashing_gate, progress=lambda _: None)
+    assert registry.resolve_alias(MODEL, CHALLENGER) == "1"
+
+
+def test_dry_run_reports_the_verdict_and_moves_or_writes_nothing(setup, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from mixrec.cli import app
+
+    _reset(challenger="1")
+    before = _registry_snapshot()
+    refused = gated_promote(setup, "2", dry_run=True, progress=lambda _: None)
+    assert refused.dry_run and not refused.passed and not refused.promoted and refused.eval_run_id is None
+    assert any("AUC delta" in r for r in refused.reasons)
+    served = []
+    passed = gated_promote(_lenient(setup), "2", dry_run=True, progress=lambda _: None,
+                           online_gate=lambda cfg, arms, progress: served.append(arms) or OnlineVerdict(True, []))
+    assert passed.passed and not passed.promoted and served == [{CHAMPION: "1", CHALLENGER: "2"}]
+    assert _registry_snapshot() == before  # no alias, tag, log entry or run written
+
+    strict, lenient = tmp_path / "strict.yaml", tmp_path / "lenient.yaml"
+    strict.write_text(yaml.safe_dump(setup.to_dict()))
+    lenient.write_text(yaml.safe_dump(_lenient(setup).to_dict()))
+    out = CliRunner().invoke(app, ["promote", "2", "--dry-run", "--config", str(strict)])
+    assert out.exit_code == 1 and "dry run: gate-model v2 would be refused" in out.output, out.output
+    out = CliRunner().invoke(app, ["promote", "2", "--dry-run", "--config", str(lenient)])
+    assert out.exit_code == 0 and "dry run: gate-model v2 would be promoted (champion stays v1" in out.output
+    out = CliRunner().invoke(app, ["promote", "2", "--dry-run", "--force", "--config", str(lenient)])
+    assert out.exit_code == 2 and out.output.strip().splitlines() == [
+        "error: --dry-run and --force exclude each other: a dry run moves nothing"]
+    assert _registry_snapshot() == before
+
+
+class _Trap(mlflow.pyfunc.PythonModel):
+    """Stands for a pickled model from the artifact store: unpickling it touches ``marker``."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+    def predict(self, context, model_input, params=None):
+        raise AssertionError("never called")
+
+
+def test_versions_load_from_weights_and_json_never_from_a_pickle(setup):
+    from mlflow.models import Model
+
+    from mixrec.pipelines.pyfunc import MixrecRanker, load_ranker
+
+    test = setup.__dict__["_test"]
+    features = test["rows"][list(schema.model_columns)].head(50)
+    expected = MixrecRanker.from_checkpoint(test["checkpoint"]).score(features)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/1", dst_path=str(test["root"] / "dl")))
+    files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], files
+    assert {"data/checkpoint/model.pt", "data/checkpoint/model.json", "data/checkpoint/preprocessing.json"} <= files
+    assert Model.load(str(local / "MLmodel")).flavors["python_function"]["loader_module"] == "mixrec.pipelines.pyfunc"
+    np.testing.assert_allclose(load_ranker(MODEL, "1").score(features), expected, rtol=1e-6)
+    np.testing.assert_allclose(mlflow.pyfunc.load_model(f"models:/{MODEL}/1").predict(features), expected, rtol=1e-6)
+
+    # A version logged the old way (a pickled python_model beside artifacts/checkpoint) loads from its files.
+    marker = test["root"] / "unpickled"
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="legacy", python_model=_Trap(str(marker)),
+                                       artifacts={"checkpoint": str(test["checkpoint"])})
+    legacy = mlflow.register_model(info.model_uri, "legacy-model").version
+    marker.unlink(missing_ok=True)
+    np.testing.assert_allclose(load_ranker("legacy-model", str(legacy)).score(features), expected, rtol=1e-6)
+    assert not marker.exists()

@@ -5,6 +5,9 @@ No Ray needed; versions are registered without artifacts (alias bookkeeping does
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import mlflow
@@ -39,7 +42,9 @@ def bare_registry(tmp_path_factory):
 def test_lock_file_sits_next_to_the_sqlite_db(bare_registry):
     _, uri, tmp_path = bare_registry
     assert registry.registry_lock_path(uri, tmp_path) == tmp_path / "mlflow.db.lock"
-    assert registry.registry_lock_path("postgresql://u@h/db", tmp_path) == tmp_path / "registry.lock"
+    assert registry.registry_lock_path("http://mlflow:5000", tmp_path) == tmp_path / "registry.lock"
+    assert registry.registry_lock_path("postgresql://u@h/db", tmp_path) == "postgresql://u@h/db"  # advisory lock
+    assert registry.registry_lock_path("http://mlflow:5000", tmp_path, "postgresql://u@h/db") == "postgresql://u@h/db"
 
 
 def test_concurrent_promotions_leave_a_consistent_registry(bare_registry):
@@ -88,3 +93,39 @@ def test_compare_and_set_refuses_a_stale_evaluation_and_rollback_restores(bare_r
     assert mv.version == "1" and CHAMPION in mv.aliases
     last = registry.alias_log(client, MODEL)[-1]
     assert last["previous"] == "2" and last["reason"] == "bad release (from v2)"
+
+
+CRASHING_PROMOTION = """
+import sys
+from mixrec.pipelines import registry
+from mixrec.pipelines.workspace import Workspace
+registry.setup_tracking(None, "concurrency", Workspace.resolve(sys.argv[1]))
+registry.promote(sys.argv[2], sys.argv[3], reason="interrupted move")
+"""
+
+
+@pytest.mark.parametrize("step", ["intent", "alias", "tags", "log"])
+def test_a_move_interrupted_at_any_step_is_completed_or_dropped_on_next_use(bare_registry, step):
+    """A process killed (os._exit) between the writes of a champion move: the next registry use sees either no
+    move at all or the whole move (alias, version tags, log entry), never half of one."""
+    client, _, tmp_path = bare_registry
+    registry.promote(MODEL, "1", reason="before the crash")
+    before = registry.alias_log(client, MODEL)
+    proc = subprocess.run([sys.executable, "-c", CRASHING_PROMOTION, str(tmp_path), MODEL, "4"],
+                          env={**os.environ, registry.CRASH_ENV: step}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 70, proc.stderr[-2000:]  # it died at the named step
+    assert registry.PENDING_TAG in client.get_registered_model(MODEL).tags  # ... leaving the write-ahead record
+
+    log = registry.alias_log(client, MODEL)  # next use: repaired
+    assert registry.PENDING_TAG not in client.get_registered_model(MODEL).tags
+    assert [e["seq"] for e in log] == list(range(1, len(log) + 1))
+    if step == "intent":  # died before the alias moved: no move happened, and none is recorded
+        assert registry.resolve_alias(MODEL, CHAMPION) == "1" and log == before
+    else:  # the alias moved: its record is complete, whatever part of it the crash cut off
+        assert registry.resolve_alias(MODEL, CHAMPION) == "4" and log[:-1] == before
+        assert (log[-1]["version"], log[-1]["previous"], log[-1]["reason"]) == ("4", "1", "interrupted move")
+        tags = client.get_model_version(MODEL, "4").tags
+        assert tags[f"alias.{CHAMPION}.reason"] == "interrupted move" and tags[f"alias.{CHAMPION}.previous"] == "1"
+    champion = registry.resolve_alias(MODEL, CHAMPION)
+    registry.promote(MODEL, "2", reason="after the repair")  # and the registry keeps working
+    assert registry.alias_log(client, MODEL)[-1]["previous"] == champion

@@ -89,11 +89,11 @@ def running_replicas(deployment: str) -> int:
 
 @pytest.fixture
 def restore(served):
-    """Put the fixture's deployment back (weights, no token) after a test that changed it."""
-    from mixrec.serving.server import set_weights
+    """Put the fixture's deployment back (its whole config: weights, no token, limits) after a test that changed it."""
+    from mixrec.serving.server import start_serving
 
     yield
-    set_weights(served["cfg"], served["cfg"].serve.arms)
+    start_serving(served["cfg"])
 
 
 def test_set_weights_live_under_traffic_drops_nothing(served, restore):
@@ -103,7 +103,7 @@ def test_set_weights_live_under_traffic_drops_nothing(served, restore):
     with Traffic(served["url"]) as traffic:
         traffic.wait_for(40)
         before = Counter(arm for _, arm in traffic.results)
-        spec = set_weights(served["cfg"], {CHAMPION: 1.0, CHALLENGER: 0.0})
+        spec = set_weights(served["cfg"].workspace, {CHAMPION: 1.0, CHALLENGER: 0.0})
         start = traffic.mark()
         traffic.wait_for(start + 40)
     after = Counter(arm for _, arm in traffic.results[start:])
@@ -116,19 +116,38 @@ def test_set_weights_live_under_traffic_drops_nothing(served, restore):
     assert replica_names("ranker_champion_v1") | replica_names("ranker_challenger_v2") == rankers_before
 
 
-def test_bearer_token_from_the_environment(served, restore, monkeypatch):
+def test_bearer_token_from_the_environment_survives_set_weights(served, restore, monkeypatch):
+    """The token, once served, is kept by `mixrec ab set-weights` run without it (or any config): set-weights
+    changes the weights only. Bad weights leave the server as it was."""
     from mixrec.pipelines.config import ConfigError, parse_config
-    from mixrec.serving.server import set_weights
+    from mixrec.serving.server import start_serving
 
     data = served["cfg"].to_dict()
     data["serve"]["auth_token_env"] = "MIXREC_TEST_SERVE_TOKEN"
+    data["serve"]["salt"] = "another-salt"
     cfg = parse_config(data)
     monkeypatch.delenv("MIXREC_TEST_SERVE_TOKEN", raising=False)
     with pytest.raises(ConfigError, match="MIXREC_TEST_SERVE_TOKEN is unset"):
-        set_weights(cfg, cfg.serve.arms)
+        start_serving(cfg)
     monkeypatch.setenv("MIXREC_TEST_SERVE_TOKEN", "s3cret-token")
-    set_weights(cfg, cfg.serve.arms)
+    start_serving(cfg)
+    monkeypatch.delenv("MIXREC_TEST_SERVE_TOKEN")
+    workspace = str(served["first"].workspace.root)
+    for bad in (["champion=nan"], ["champion=1e308", "challenger=1e308"], ["champion=0", "challenger=0"],
+                ["champion=-1"], ["champion=inf"], ["nobody=1"]):
+        proc = subprocess.run([MIXREC, "ab", "set-weights", *bad, "--workspace", workspace], capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (bad, proc.stderr)
     client, body = served["client"], {"user_id": 3, "items": [1, 2]}
+    good = {"Authorization": "Bearer s3cret-token"}
+    assert client.get("/arms", headers=good).json()["weights"] == {CHAMPION: 0.5, CHALLENGER: 0.5}  # untouched
+    assert client.post("/rank", json=body, headers=good).status_code == 200
+    proc = subprocess.run([MIXREC, "ab", "set-weights", "champion=3", "challenger=1", "--workspace", workspace],
+                          capture_output=True, text=True, timeout=300)  # the README's way: no --config, no token
+    assert proc.returncode == 0, proc.stderr
+    assert client.get("/arms", headers=good).json()["weights"] == {CHAMPION: 0.75, CHALLENGER: 0.25}
+    state = json.loads(served["first"].workspace.serve_state.read_text())
+    assert state["plan"]["serve"]["salt"] == "another-salt" and state["weights"] == {CHAMPION: 3.0, CHALLENGER: 1.0}
     missing = client.post("/rank", json=body)
     assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
     assert client.post("/rank", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -183,11 +202,11 @@ def test_bounded_load_on_loopback_has_no_errors(served):
 
 def test_overload_is_answered_503_with_retry_after_and_nothing_hangs(served, restore):
     from mixrec.pipelines.config import parse_config
-    from mixrec.serving.server import set_weights
+    from mixrec.serving.server import start_serving
 
     data = served["cfg"].to_dict()
     data["serve"].update(max_ongoing_requests=1, max_queued_requests=1, retry_after_s=2)
-    set_weights(parse_config(data), served["cfg"].serve.arms)
+    start_serving(parse_config(data))
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=served["url"], timeout=60) as client:

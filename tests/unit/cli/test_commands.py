@@ -17,7 +17,7 @@ VERBS = {
     "jobs status": ["--address", "--json", "JOB_ID"],
     "jobs stop": ["--address", "--json", "JOB_ID"],
     "models": ["--json"],
-    "promote": ["--candidates", "--concurrency", "--config", "--data", "--force", "--rate", "--reason", "--requests", "--require-ab", "--seed", "--workspace", "-c", "-w", "VERSION"],
+    "promote": ["--candidates", "--concurrency", "--config", "--data", "--dry-run", "--force", "--rate", "--reason", "--requests", "--require-ab", "--seed", "--workspace", "-c", "-w", "VERSION"],
     "query": ["--device", "--file", "--hour", "--items", "--json", "--timeout", "--token-env", "--url", "--user", "--workspace", "-f", "-w"],
     "rollback": ["--config", "--json", "--reason", "--workspace", "-c", "-w"],
     "run": ["--dashboard", "--fresh", "--json", "--workspace", "-w", "CONFIG"],

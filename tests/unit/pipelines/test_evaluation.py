@@ -74,3 +74,18 @@ def test_bad_inputs_are_named():
         paired_bootstrap(np.zeros(10), np.ones(10) / 2, np.ones(10) / 2)
     with pytest.raises(ValueError, match="one value per row"):
         paired_bootstrap(np.array([0, 1]), np.ones(2) / 2, np.ones(3) / 2)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_infinite_scores_fail_the_gate(bad):
+    """A challenger that is better on every finite row still fails when one score is NaN or infinite."""
+    labels, good, noisy = _data()
+    broken = good.copy()
+    broken[7] = bad
+    cmp = paired_bootstrap(labels, noisy, broken, resamples=200, seed=0)
+    assert cmp.challenger_nonfinite == 1 and cmp.champion_nonfinite == 0
+    assert np.isfinite(cmp.auc_delta.low) and cmp.auc_delta.low > 0  # the rest of it is clearly better
+    decision = offline_gate(cmp, min_auc_delta=0.0, max_logloss_increase=0.0)
+    assert not decision.passed
+    assert decision.reasons == ["challenger produced 1 NaN or infinite score(s) on the held-out rows"]
+    assert offline_gate(paired_bootstrap(labels, noisy, good, resamples=200, seed=0), 0.0, 0.0).passed

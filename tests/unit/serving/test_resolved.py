@@ -72,3 +72,18 @@ def test_the_serve_config_file_is_a_valid_ray_serve_deploy_config(tmp_path):
     (app,) = config["applications"]
     assert (app["name"], app["route_prefix"], app["import_path"]) == ("shop", "/shop", IMPORT_PATH)
     assert ResolvedServe.from_args(app["args"]).arms == {"champion": "1", "challenger": "2"}
+
+
+def test_the_recorded_state_rebuilds_the_same_plan():
+    """serve.json's plan: a later process redeploys exactly this application (set-weights changes weights only)."""
+    import json
+
+    from mixrec.features.schema import FeatureField
+
+    schema = replace(SYNTHETIC_SCHEMA, fields=(*SYNTHETIC_SCHEMA.fields,
+                                               FeatureField("tags", "multi_hot", "item", max_len=3, nullable=True)))
+    original = replace(plan(salt="s-42", auth_token_env="TOKEN", max_candidates=9), schema=schema,
+                       token_sha256="ab" * 32)
+    again = ResolvedServe.from_args(json.loads(json.dumps(original.to_args())))
+    assert again == original and repr(again.splitter_view()) == repr(original.splitter_view())
+    assert all(repr(again.ranker_view(a)) == repr(original.ranker_view(a)) for a in original.arms)

@@ -67,3 +67,38 @@ def test_online_gate_reasons():
     assert online_gate_reasons(analysis(False, False, lift)) == [
         "A/B test does not favour the challenger: lift -0.0100, p = 3.00e-01"]
     assert online_gate_reasons(analysis(False, False))[0].endswith("an arm got no traffic")
+
+
+@pytest.mark.parametrize("weights, problem", [
+    (["champion=nan"], "finite"), (["champion=inf", "challenger=1"], "finite"), (["champion=-1"], ">= 0"),
+    (["champion=1e308", "challenger=1e308"], "sum overflows"), (["champion=0", "challenger=0"], "not all be 0"),
+    (["champion"], "ALIAS=NUMBER")])
+def test_set_weights_refuses_bad_weights_with_exit_2_before_any_contact(tmp_path, weights, problem):
+    from typer.testing import CliRunner
+
+    from mixrec.cli import app
+
+    result = CliRunner().invoke(app, ["ab", "set-weights", *weights, "--workspace", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and problem in result.output
+
+
+def test_set_weights_without_a_running_server_exits_3_fast(tmp_path):
+    """No serve.json, then one whose Ray address is dead (a stale session): exit 3 naming it, no retry loop."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from mixrec.cli import app
+
+    ws = Workspace(tmp_path)
+    run = lambda: CliRunner().invoke(app, ["ab", "set-weights", "champion=1", "--workspace", str(tmp_path)])  # noqa: E731
+    result = run()
+    assert result.exit_code == 3 and "no running server recorded" in result.output, result.output
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    ws.serve_state.write_text(json.dumps({"url": "http://127.0.0.1:1/mixrec", "ray_address": dead, "plan": {}}))
+    result = run()  # refused by a connect check, before ray.init (which would retry a dead GCS for minutes)
+    assert result.exit_code == 3 and f"({dead}) does not answer" in result.output, result.output
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
