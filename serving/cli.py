@@ -118,7 +118,7 @@ def ab_set_weights(weights: Annotated[list[str], typer.Argument(help="ALIAS=WEIG
     salt, limits and versions stay as the server recorded them (--config only locates the workspace). A served
     arm left out gets no traffic. Exit 2: bad weights; 3: no running server."""
     from .server import set_weights
-    from .state import ServerUnreachable, join_recorded_ray
+    from .state import join_recorded_ray
 
     try:
         parsed = parse_weights(weights)
@@ -126,13 +126,11 @@ def ab_set_weights(weights: Annotated[list[str], typer.Argument(help="ALIAS=WEIG
     except ValueError as err:
         fail(str(err))
     ws = cli_config(config, workspace).workspace
+    join_recorded_ray(ws)  # the recorded auth mode, before Ray is imported
     try:
-        join_recorded_ray(ws)  # the recorded auth mode, before Ray is imported
-        spec = set_weights(ws, parsed)
+        spec = set_weights(ws, parsed)  # no running server: ServerUnreachable, exit 3
     except ValueError as err:
         fail(str(err))
-    except ServerUnreachable as err:
-        raise Unreachable(str(err)) from None
     weights = normalize_weights(spec.weights)
     if as_json:
         echo_json({"model_name": spec.model_name, "arms": spec.arms, "weights": weights})

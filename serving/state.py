@@ -11,10 +11,11 @@ import socket
 from pathlib import Path
 
 from mixrec.features.io import write_json_atomic
+from mixrec.pipelines.errors import Unreachable
 from mixrec.pipelines.workspace import Workspace
 
 
-class ServerUnreachable(RuntimeError):
+class ServerUnreachable(Unreachable):
     """No server is recorded in the workspace, or the Ray instance it recorded does not answer."""
 
 
