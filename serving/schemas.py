@@ -15,7 +15,8 @@ HARD_MAX_CANDIDATES = 10_000  # schema-level cap; the configured limit (<= this)
 ID_MAX = 2**62  # schema-level id cap (int64-safe); the configured serve.max_id (<= this) is checked per request
 CONTEXT_MAX = 2**31 - 1
 
-Id = Annotated[int, Field(strict=True, ge=0, le=ID_MAX)]
+# An id: a JSON integer or a string (hashes, UUIDs, 20-digit ids), looked up as the dataset's key type.
+Id = Annotated[int, Field(strict=True, ge=0, le=ID_MAX)] | Annotated[str, StringConstraints(min_length=1, max_length=128)]
 ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 # A context feature: an id, or text (a string category, or a multi-hot field's values joined by its separator).
 ContextValue = Annotated[int, Field(strict=True, ge=0, le=CONTEXT_MAX)] | Annotated[str, StringConstraints(max_length=1024)]
@@ -33,12 +34,12 @@ class RankRequest(BaseModel):
 
 
 class RankedItem(BaseModel):
-    item_id: int
+    item_id: int | str
     score: float
 
 
 class RankResponse(BaseModel):
-    user_id: int
+    user_id: int | str
     arm: str
     model_name: str
     model_version: str

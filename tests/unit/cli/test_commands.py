@@ -21,6 +21,7 @@ VERBS = {
     "query": ["--device", "--file", "--hour", "--items", "--timeout", "--token-env", "--url", "--user", "--workspace", "-f", "-w"],
     "rollback": ["--config", "--reason", "--workspace", "-c", "-w"],
     "run": ["--fresh", "--workspace", "-w", "CONFIG"],
+    "score": ["--alias", "--batch-size", "--config", "--output", "--version", "--workers", "--workspace", "-c", "-o", "-w", "PATH"],
     "serve": ["--config", "--port", "--workspace", "-c", "-w"],
     "submit": ["--address", "--wait", "CONFIG"],
     "tune": ["--resume", "STUDY"],
