@@ -213,7 +213,7 @@ def score(path: Annotated[Path, typer.Argument(help="Parquet or CSV file, or a f
                              Workspace.resolve(cfg.workspace).feast_repo, dict(QUIET_ENV), batch_size, workers)
     except ScoreError as err:
         fail(str(err))
-    except ray.exceptions.RayError as err:  # a bad value deep in a file: the cause's first line, not a traceback
+    except (ray.exceptions.RayError, OSError, ValueError) as err:  # a bad row deep in a file: one line, no traceback
         cause = getattr(err, "cause", None) or err
         fail(f"scoring {path} failed: {str(cause).strip().splitlines()[-1][:500]}")
     typer.echo(f"scored {result.rows:,} rows of {path} with {name} v{result.model_version} -> {result.output}")
