@@ -1,7 +1,8 @@
 """Adapters: stream a dataset's files (Criteo TSV, libfm, CSV, Parquet) into the canonical Parquet sources.
 
 Every file is read in record batches (features/readers.py) and normalized to one layout: the label as int64
-0/1, entity keys and integer categoricals as int64, string categoricals as strings, multi-hot fields as lists
+0/1, keys (event, user, item) as int64 or, when declared ``string``, as strings (hex hashes, UUIDs, ids of
+any width), integer categoricals as int64, string categoricals as strings, multi-hot fields as lists
 of strings (from a list column or a delimited string: features/multihot.py), dense fields as float32, an
 event key (``_row_id`` when the dataset has none), a UTC event timestamp (``_event_timestamp`` from row order
 when it has none) and the ``split`` column of the split policy (features/splits.py).
@@ -20,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .dataset import EVENT_TIME, ROW_ID, SPLIT_COLUMN, SPLITS, DatasetError, DatasetSpec
+from .dataset import EVENT_TIME, ROW_ID, SPLIT_COLUMN, SPLITS, DatasetError, DatasetSpec, with_key_hint
 from .io import AtomicParquetWriter
 from .multihot import to_value_lists
 from .readers import parquet_batches, read_batches
@@ -68,6 +69,15 @@ def _as_int64(path: Path, name: str, array: pa.Array) -> pa.Array:
         raise DatasetError(f"{path}: column {name!r} must hold integers: {err}") from None
 
 
+def _as_key(path: Path, name: str, array: pa.Array, key_type: str) -> pa.Array:
+    """A key column as its declared type: int64, or strings (integers of any width become their digits)."""
+    if key_type != "string":
+        return _as_int64(path, name, array)
+    if pa.types.is_floating(array.type):  # a key column of floats: whole numbers only, written without ".0"
+        array = _as_int64(path, name, array)
+    return pc.cast(array, pa.string())
+
+
 def _as_utc(path: Path, name: str, array: pa.Array) -> pa.Array:
     try:
         return pc.cast(array, UTC_MICROS) if pa.types.is_timestamp(array.type) else \
@@ -77,7 +87,7 @@ def _as_utc(path: Path, name: str, array: pa.Array) -> pa.Array:
 
 
 def _normalize(spec: DatasetSpec, path: Path, batch: pa.RecordBatch) -> dict[str, pa.Array]:
-    keys = {e.key for e in spec.entities.values()} | ({spec.event_key} if spec.event_key else set())
+    keys = spec.key_types()
     kinds = {f.name: kind for kind, f in spec.fields_with_kind()}
     separators = {f.name: f.separator for f in spec.multi_hot}
     out: dict[str, pa.Array] = {}
@@ -85,7 +95,9 @@ def _normalize(spec: DatasetSpec, path: Path, batch: pa.RecordBatch) -> dict[str
         array = batch.column(name)
         if name in separators:
             out[name] = _value_lists(path, name, array, separators[name])
-        elif name in keys or name == spec.label:
+        elif name in keys:
+            out[name] = _as_key(path, name, array, keys[name])
+        elif name == spec.label:
             out[name] = _as_int64(path, name, array)
         elif name == spec.timestamp:
             out[name] = _as_utc(path, name, array)
@@ -154,7 +166,8 @@ def write_event_source(spec: DatasetSpec, root: Path, out: Path, max_rows: int |
                     cols[EVENT_TIME] = pa.array(SYNTHETIC_EPOCH.value // 1000 + row_id * 1_000_000,
                                                 type=pa.int64()).cast(UTC_MICROS)
                 ts = _int64_values(cols[spec.timestamp_column])
-                split = assign_splits(spec.split, split_name, ts, _int64_values(cols[spec.event_key_column]), cuts)
+                split = assign_splits(spec.split, split_name, ts, cols[spec.event_key_column].to_numpy(zero_copy_only=False),
+                                       cuts)
                 cols[SPLIT_COLUMN] = pa.array(split)
                 _append(sink, pa.table(cols), path)
                 info.rows += n
@@ -169,14 +182,14 @@ def write_event_source(spec: DatasetSpec, root: Path, out: Path, max_rows: int |
 
 
 def write_entity_source(spec: DatasetSpec, entity: str, root: Path, out: Path) -> Path:
-    """Normalize an entity feature file (key int64, UTC timestamp, fields) for Feast; streamed, atomic."""
+    """Normalize an entity feature file (key int64 or string, UTC timestamp, fields) for Feast; streamed, atomic."""
     e = spec.entities[entity]  # type: ignore[index]
     path = resolve(root, e.file or "")
     fields = [f for _, f in spec.fields_with_kind() if f.source == entity]
     kinds = {f.name: kind for kind, f in spec.fields_with_kind()}
     with AtomicParquetWriter(out) as sink:
         for batch in parquet_batches(path, [e.key, e.timestamp, *(f.name for f in fields)]):
-            cols = {e.key: _as_int64(path, e.key, batch.column(e.key)),
+            cols = {e.key: _as_key(path, e.key, batch.column(e.key), e.key_type),
                     "event_timestamp": pc.cast(batch.column(e.timestamp), UTC_MICROS)}
             for f in fields:
                 array = batch.column(f.name)
@@ -191,6 +204,13 @@ def write_entity_source(spec: DatasetSpec, entity: str, root: Path, out: Path) -
 
 def write_sources(spec: DatasetSpec, root: Path, directory: Path, max_rows: int | None = None) -> SourceInfo:
     """All sources of a dataset: ``events.parquet`` (with the row features) and one file per entity."""
+    try:
+        return _write_sources(spec, root, directory, max_rows)
+    except DatasetError as err:  # an int key holding text: say how to declare it a string key
+        raise DatasetError(with_key_hint(str(err), spec)) from None
+
+
+def _write_sources(spec: DatasetSpec, root: Path, directory: Path, max_rows: int | None) -> SourceInfo:
     info = write_event_source(spec, root, directory / "events.parquet", max_rows)
     for entity, e in spec.entities.items():
         if e.file:

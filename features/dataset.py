@@ -42,6 +42,14 @@ class DatasetError(ValueError):
     """A dataset schema or data file that cannot be used; the message names the file and the field or column."""
 
 
+def with_key_hint(message: str, spec: DatasetSpec) -> str:
+    """``message`` plus how to declare string keys, when it is about an int key column."""
+    if not any(f"column {k!r}" in message for k, t in spec.key_types().items() if t == "int"):
+        return message
+    return (f"{message} (for string or wider-than-int64 ids declare the key's type `string`: "
+            "`event_key_type: string` or `entities.<name>.key_type: string`)")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -59,10 +67,14 @@ class MultiHotSpec(FieldSpec):
     keep: Literal["last", "first"] = Field("last", description="values kept on truncation; last = most recent")
 
 
+KeyType = Literal["int", "string"]
+
+
 class EntitySpec(_Strict):
     key: str = Field(min_length=1, description="join key column, on the event rows and in the entity file")
     file: str | None = Field(None, description="entity feature table (Parquet) with one row per key and time")
     timestamp: str = Field("event_timestamp", description="time column of the entity file")
+    key_type: KeyType = Field("int", description="int (int64) or string (hashes, UUIDs, ids wider than int64)")
 
 
 class SplitSpec(_Strict):
@@ -81,6 +93,7 @@ class DatasetSpec(_Strict):
     header: bool = Field(True, description="csv only: first line holds the column names")
     label: str = "label"
     event_key: str | None = Field(None, description=f"unique event id column; default: a row id `{ROW_ID}`")
+    event_key_type: KeyType = Field("int", description="int (int64) or string (e.g. 20-digit or hashed ids)")
     timestamp: str | None = Field(None, description=f"event time column; default: `{EVENT_TIME}` from row order")
     entities: dict[Literal["user", "item"], EntitySpec] = Field(default_factory=dict)
     categorical: list[str | FieldSpec] = Field(default_factory=list)
@@ -117,6 +130,8 @@ class DatasetSpec(_Strict):
             problems.append(f"multi_hot.{self.multi_hot[0].name}: libfm files hold one value per field position")
         if self.split.policy == "given" and set(self.files) != set(SPLITS):
             problems.append(f"files: split policy `given` needs exactly {list(SPLITS)}, got {sorted(self.files)}")
+        if self.event_key_type == "string" and not self.event_key:
+            problems.append(f"event_key_type: `string` needs an `event_key` column (the default `{ROW_ID}` is int)")
         if self.split.policy == "time" and not self.timestamp:
             problems.append("split.policy: `time` needs a `timestamp` column")
         if self.format == "libfm" and not self.columns:
@@ -148,6 +163,13 @@ class DatasetSpec(_Strict):
     def timestamp_column(self) -> str:
         return self.timestamp or EVENT_TIME
 
+    def key_types(self) -> dict[str, KeyType]:
+        """Key column -> its declared type (the event key and each entity's join key)."""
+        types: dict[str, KeyType] = {e.key: e.key_type for e in self.entities.values()}
+        if self.event_key:
+            types[self.event_key] = self.event_key_type
+        return types
+
     def raw_columns(self) -> list[str]:
         """Columns read from the event files (entity-sourced fields come from the entity files)."""
         keys = [e.key for e in self.entities.values()]
@@ -167,7 +189,8 @@ class DatasetSpec(_Strict):
         user, item = self.entities.get("user"), self.entities.get("item")
         return DatasetSchema(label=self.label, timestamp=self.timestamp_column, event_key=self.event_key_column,
                              user_key=user.key if user else None, item_key=item.key if item else None,
-                             fields=fields, name=self.name)
+                             fields=fields, name=self.name,
+                             string_keys=tuple(k for k, t in self.key_types().items() if t == "string"))
 
 
 def format_validation_errors(err: ValidationError, heading: str, data: object = None) -> str:

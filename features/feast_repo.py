@@ -97,7 +97,8 @@ def build_definitions(schema: DatasetSchema, sources: dict[str, Path], ttl_days:
         key = schema.entity_key(source)
         if key is None:
             raise ValueError(f"schema {schema.name!r} has {source} features but no {source} key")
-        entity = Entity(name=source, join_keys=[key], value_type=ValueType.INT64)
+        value_type = ValueType.STRING if schema.key_is_string(key) else ValueType.INT64
+        entity = Entity(name=source, join_keys=[key], value_type=value_type)
         timestamp = schema.timestamp if source == "row" else "event_timestamp"
         view = _feature_view(view_name(source), entity, schema.from_source(source), _source_path(sources, source),
                              timestamp, ttl)
@@ -177,8 +178,10 @@ def write_materialized_marker(marker: Path, details: dict | None = None) -> None
     write_text_atomic(json.dumps({"materialized_at": time.time(), **(details or {})}), marker)
 
 
-def online_features(store, schema: DatasetSchema, source: str, keys: list[int]) -> dict[str, list]:
-    """Latest feature values for entity ``keys`` (``source`` is ``user`` or ``item``); None where unknown."""
+def online_features(store, schema: DatasetSchema, source: str, keys) -> dict[str, list]:
+    """Latest feature values for entity ``keys`` (``source`` is ``user`` or ``item``); None where unknown.
+    Keys are coerced to the join key's type (:func:`mixrec.features.schema.coerce_keys`)."""
     key = schema.entity_key(source)
     refs = [f"{view_name(source)}:{f.name}" for f in schema.from_source(source)]
-    return store.get_online_features(features=refs, entity_rows=[{key: int(k)} for k in keys]).to_dict()
+    values = schema.key_array(key, keys).tolist()  # Python ints / strs, as Feast's proto conversion wants
+    return store.get_online_features(features=refs, entity_rows={key: values}).to_dict()

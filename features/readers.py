@@ -66,13 +66,11 @@ def parquet_batches(path: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
 
 # --- delimited text -------------------------------------------------------------------------------------
 def _csv_types(spec: DatasetSpec) -> dict[str, pa.DataType]:
-    keys = {e.key for e in spec.entities.values()}
     types = {spec.label: pa.float64()}
     for kind, f in spec.fields_with_kind():
         types[f.name] = pa.float64() if kind == "dense" else pa.string()
-    types.update({k: pa.int64() for k in keys})
-    if spec.event_key:
-        types[spec.event_key] = pa.int64()
+    # int keys parse as int64 here (a bad value fails naming the column); string keys stay text, exactly
+    types.update({k: pa.string() if t == "string" else pa.int64() for k, t in spec.key_types().items()})
     return types
 
 

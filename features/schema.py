@@ -12,12 +12,20 @@ values, stored as a list of strings in the canonical sources and in Feast, mappe
 
 Datasets other than the built-in synthetic one are described by a YAML file (features/dataset.py) that
 compiles to a :class:`DatasetSchema`.
+
+Keys (event, user, item) are int64 or strings (``string_keys``: hex hashes, UUIDs, ids wider than int64);
+:func:`coerce_keys` turns the ids a client sends into the dataset's key type.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 Source = Literal["user", "item", "request", "row"]
 Kind = Literal["categorical", "multi_hot", "dense"]
@@ -50,6 +58,8 @@ class DatasetSchema:
     event_key: str
     fields: tuple[FeatureField, ...] = field(default_factory=tuple)
     name: str = "synthetic"
+    # Key columns holding strings (Feast STRING join keys); every other key is int64.
+    string_keys: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         """Plain JSON-able form; :meth:`from_dict` reads it back."""
@@ -58,7 +68,7 @@ class DatasetSchema:
     @classmethod
     def from_dict(cls, data: dict) -> DatasetSchema:
         fields = tuple(FeatureField(**f) for f in data.get("fields", ()))
-        return cls(**{**data, "fields": fields})
+        return cls(**{**data, "fields": fields, "string_keys": tuple(data.get("string_keys", ()))})
 
     @property
     def categorical(self) -> tuple[FeatureField, ...]:
@@ -93,6 +103,13 @@ class DatasetSchema:
         """Identifier columns of an event row: must never be null."""
         return tuple(k for k in (self.event_key, self.user_key, self.item_key) if k)
 
+    def key_is_string(self, key: str | None) -> bool:
+        return key is not None and key in self.string_keys
+
+    def key_array(self, key: str | None, values) -> np.ndarray:
+        """Ids as sent by a client -> the key column's type (see :func:`coerce_keys`)."""
+        return coerce_keys(values, self.key_is_string(key))
+
     @property
     def model_columns(self) -> tuple[str, ...]:
         """Raw columns a model row needs (the ranker's input), categorical first."""
@@ -102,6 +119,35 @@ class DatasetSchema:
     def required_columns(self) -> tuple[str, ...]:
         """Every column a labelled training row must have."""
         return (*self.keys, self.timestamp, self.label, *(f.name for f in self.fields if f.name not in self.keys))
+
+
+# An int-keyed dataset's id that is not an integer (a string sent for it): never a stored key, so it is
+# looked up as unknown and scored with OOV embeddings, like any unseen id.
+UNKNOWN_INT_KEY = np.iinfo(np.int64).min
+
+
+def coerce_keys(values, string: bool) -> np.ndarray:
+    """Ids (n,) of any mix of ints and strings -> the key type: a numpy str array for a string-keyed column
+    (an int ``17`` becomes ``"17"``), else int64 (a decimal string ``"17"`` becomes 17; anything that is not an
+    int64 integer, e.g. ``"8dcb419a"`` or a 20-digit id, becomes :data:`UNKNOWN_INT_KEY`: an unknown id)."""
+    values = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
+    if string:
+        return values.astype(str) if values.dtype.kind in "iuU" else \
+            pd.Series(values, dtype=object).astype(str).to_numpy().astype(str)
+    if values.dtype.kind == "i":
+        return values.astype(np.int64)
+    # Exact for any width (numpy's object -> int64 cast wraps 20-digit numbers around): decimal text through
+    # decimal128, kept where it fits int64.
+    text = pa.array(pd.Series(values, dtype=object).astype(str).to_numpy(), pa.string())
+    ok = pc.match_substring_regex(text, r"^[+-]?\d{1,38}$")
+    dec = pc.cast(pc.if_else(ok, text, "0"), _DECIMAL)
+    fits = pc.and_(ok, pc.and_(pc.greater_equal(dec, _INT64_LO), pc.less_equal(dec, _INT64_HI)))
+    ids = pc.cast(pc.if_else(fits, dec, _DECIMAL_ZERO), pa.int64()).to_numpy(zero_copy_only=False)
+    return np.where(fits.to_numpy(zero_copy_only=False), ids, UNKNOWN_INT_KEY)
+
+
+_DECIMAL = pa.decimal128(38, 0)
+_INT64_LO, _INT64_HI, _DECIMAL_ZERO = (pa.scalar(v).cast(_DECIMAL) for v in (-(2**63), 2**63 - 1, 0))
 
 
 # The synthetic CTR data set (features/synthetic.py). Ids are features too (categorical, with OOV).

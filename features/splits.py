@@ -31,8 +31,13 @@ def split_by_time(timestamps: np.ndarray, cuts: tuple[int, int]) -> np.ndarray:
 
 
 def split_at_random(row_ids: np.ndarray, seed: int, valid_fraction: float, test_fraction: float) -> np.ndarray:
-    """A seeded hash of the row id: the same row lands in the same split however the data is chunked."""
-    u = pd.util.hash_array(row_ids.astype(np.int64) ^ np.int64(seed)).astype(np.float64) / 2.0**64
+    """A seeded hash of the row id (int or string): the same row lands in the same split however the data is
+    chunked."""
+    if row_ids.dtype.kind in "iu":
+        hashed = pd.util.hash_array(row_ids.astype(np.int64) ^ np.int64(seed))
+    else:  # string event keys: hash the text, then mix in the seed
+        hashed = pd.util.hash_array(pd.util.hash_array(row_ids.astype(object)) ^ np.uint64(seed))
+    u = hashed.astype(np.float64) / 2.0**64
     return np.where(u < test_fraction, "test", np.where(u < test_fraction + valid_fraction, "valid", "train"))
 
 

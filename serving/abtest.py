@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from mixrec.features.synthetic import NUM_DEVICES, NUM_HOURS, GroundTruth
-from mixrec.pipelines.config import PipelineConfig
+from mixrec.pipelines.config import PipelineConfig, dataset_schema
 from mixrec.pipelines.promotion import OnlineGate, OnlineVerdict
 from mixrec.pipelines.workspace import Workspace
 
@@ -57,8 +57,15 @@ def plan_requests(truth: GroundTruth, spec: SimulationSpec) -> RequestPlan:
                        hour=rng.integers(0, NUM_HOURS, r), candidates=candidates, click_draw=rng.uniform(size=r))
 
 
-async def _send(url: str, plan: RequestPlan, spec: SimulationSpec, log_path: Path) -> int:
-    """Send the plan's requests; append one JSON line per answered request. Returns the failed count."""
+def wire_ids(ids: np.ndarray, string: bool) -> list:
+    """Ids as JSON values of the dataset's key type: ints, or their decimal text for a string-keyed dataset."""
+    return ids.astype(str).tolist() if string else ids.astype(np.int64).tolist()
+
+
+async def _send(url: str, plan: RequestPlan, spec: SimulationSpec, log_path: Path,
+                string_keys: tuple[bool, bool] = (False, False)) -> int:
+    """Send the plan's requests (user and item ids as strings where ``string_keys`` says so); append one JSON
+    line per answered request. Returns the failed count."""
     import httpx
 
     failed = 0
@@ -71,7 +78,8 @@ async def _send(url: str, plan: RequestPlan, spec: SimulationSpec, log_path: Pat
         delay = t0 + i / spec.rate - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        body = {"user_id": int(plan.user_id[i]), "items": plan.candidates[i].tolist(),
+        body = {"user_id": wire_ids(plan.user_id[i:i + 1], string_keys[0])[0],
+                "items": wire_ids(plan.candidates[i], string_keys[1]),
                 "context": {"device": int(plan.device[i]), "hour": int(plan.hour[i])}}
         async with sem:
             for _attempt in range(RETRIES_ON_503 + 1):
@@ -83,7 +91,7 @@ async def _send(url: str, plan: RequestPlan, spec: SimulationSpec, log_path: Pat
                 if r is not None and r.status_code != 503:
                     break
                 await asyncio.sleep(float(r.headers.get("retry-after", 0.2)) if r is not None else 0.2)
-        record = {"i": i, "t": round(loop.time() - t0, 4), "user_id": body["user_id"],
+        record = {"i": i, "t": round(loop.time() - t0, 4), "user_id": int(plan.user_id[i]),
                   "device": body["context"]["device"], "hour": body["context"]["hour"],
                   "latency_ms": round(1000 * (time.perf_counter() - start), 2),
                   "status": r.status_code if r is not None else 0}
@@ -107,7 +115,7 @@ def read_log(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The impression log -> (answered requests in completion order, failed requests)."""
     log = pd.read_json(path, lines=True, dtype=False)
     ok = log["status"] == 200
-    return log[ok].astype({"item_id": np.int64}).reset_index(drop=True), log[~ok]
+    return log[ok].astype({"item_id": np.int64}).reset_index(drop=True), log[~ok]  # decimal text ids too
 
 
 def attach_clicks(log: pd.DataFrame, truth: GroundTruth, plan: RequestPlan) -> pd.DataFrame:
@@ -156,7 +164,9 @@ def simulate(cfg: PipelineConfig, url: str, spec: SimulationSpec, progress: Call
     progress(f"A/B simulation: {spec.requests} requests at <= {spec.rate:g}/s, <= {spec.concurrency} in flight, "
              f"arms {versions} weights {weights}")
     t0 = time.perf_counter()
-    failed = asyncio.run(_send(url, plan, spec, log_path))
+    schema = dataset_schema(cfg)
+    string_keys = (schema.key_is_string(schema.user_key), schema.key_is_string(schema.item_key))
+    failed = asyncio.run(_send(url, plan, spec, log_path, string_keys))
     progress(f"    {spec.requests - failed} answered, {failed} failed in {time.perf_counter() - t0:.1f}s")
     if failed == spec.requests:
         raise RuntimeError(f"none of the {spec.requests} requests to {url}/rank was answered 200: is the splitter up?")

@@ -1,4 +1,4 @@
-"""The serving verbs: ``serve``, ``query``, ``ab set-weights``, ``abtest simulate``. Each parses, calls one
+"""The serving verbs: ``serve``, ``query``, ``score``, ``ab set-weights``, ``abtest simulate``. Each parses, calls one
 function, prints; :func:`register` adds them to the root command (``mixrec.cli``)."""
 
 from __future__ import annotations
@@ -213,8 +213,51 @@ def abtest_simulate(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
         echo_ab_result(result)
 
 
+def score(path: Annotated[Path, typer.Argument(help="Parquet or CSV file, or a folder of them: candidate rows "
+                                                    "(user and item keys, request fields)")],
+          output: Annotated[Path | None, typer.Option("--output", "-o", help="Parquet folder to write "
+                                                      "(default: <input>.scores beside the input)")] = None,
+          alias: Annotated[str, typer.Option(help="score with the version this alias points at")] = "champion",
+          version: Annotated[str | None, typer.Option("--version", help="score with this version (not --alias)")] = None,
+          batch_size: Annotated[int, typer.Option(min=1, help="rows per model call")] = 4096,
+          workers: Annotated[int, typer.Option(min=1, help="scoring actors (each loads the model once)")] = 1,
+          config: ConfigOpt = None, workspace: WorkspaceOpt = None) -> None:
+    """Batch-score candidate rows with a registered version on Ray Data: user and item features from the online
+    store, the version's own preprocessing; writes the input's keys and a `score` column, one row per input row."""
+    from mixrec.pipelines.config import dataset_schema
+    from mixrec.pipelines.registry import check_version_exists, resolve_alias
+    from mixrec.pipelines.runtime import QUIET_ENV, init_ray
+    from mixrec.pipelines.workspace import Workspace
+
+    from .score import ScoreError, check_input, input_files, score_files
+
+    cfg = cli_config(config, workspace)
+    schema = dataset_schema(cfg)
+    check_input(*input_files(path), schema)  # bad input (ScoreError: exit 2) fails here, before MLflow or Ray start
+    cfg = tracking_config(config, workspace)
+    import mlflow
+
+    name = cfg.registry.model_name
+    if version:  # an unknown version or alias is a RegistryError: exit 2
+        check_version_exists(mlflow.MlflowClient(), name, version)
+    else:
+        version = resolve_alias(name, alias)
+    out = output or path.with_name(f"{path.name.removesuffix(path.suffix) if path.is_file() else path.name}.scores")
+    ray = init_ray()
+    try:
+        result = score_files(path, out, schema, name, version, mlflow.get_tracking_uri(),
+                             Workspace.resolve(cfg.workspace).feast_repo, dict(QUIET_ENV), batch_size, workers)
+    except ScoreError:
+        raise
+    except (ray.exceptions.RayError, OSError, ValueError) as err:  # a bad row deep in a file: one line, no traceback
+        cause = getattr(err, "cause", None) or err
+        fail(f"scoring {path} failed: {str(cause).strip().splitlines()[-1][:500]}")
+    typer.echo(f"scored {result.rows:,} rows of {path} with {name} v{result.model_version} -> {result.output}")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.command()(query)
+    app.command()(score)
     app.add_typer(ab_app, name="ab")
     app.add_typer(abtest_app, name="abtest")

@@ -1,6 +1,10 @@
 """Serving-side features: a vectorised item-feature table cached in each ranker replica, per-request user
 features from Feast, and the model frame for a batch of requests. Pure numpy/pandas + Feast (no Ray).
 
+Ids are looked up as the dataset's key type (int64, or str for ``string`` keys): a client's int for a
+string-keyed dataset is its decimal text (17 -> "17"), a decimal string for an int-keyed one its integer; any
+other id is unknown and scored with OOV embeddings (:func:`mixrec.features.schema.coerce_keys`).
+
 Staleness bound of the cached item features: the pipeline rewrites the workspace's materialization marker
 (``feast/materialized.json``) after every ``materialize``; a replica stats it every ``check_s`` seconds and
 reloads the table when it changed, so after a materialization by mixrec a replica serves the new item
@@ -35,7 +39,7 @@ def to_float(values: list) -> np.ndarray:
 
 
 def online_matrix(store, schema: DatasetSchema, source: str, keys: np.ndarray) -> np.ndarray:
-    """Online features of ``source`` ("user"/"item") for ``keys`` (n,) -> object (n, F): dense values as
+    """Online features of ``source`` ("user"/"item") for ``keys`` (n,) of the key's type -> object (n, F): dense values as
     floats (NaN where unknown), categorical ones as Feast returns them (ints, strings, lists; None where
     unknown). The preprocessor maps unknowns to OOV or the training mean."""
     fields = schema.from_source(source)
@@ -60,13 +64,14 @@ def context_fields(schema: DatasetSchema) -> tuple[str, ...]:
 class ItemTable:
     """Item features as sorted ids (n,) + an object matrix (n + 1, F) whose last row is unknown (NaN/None)."""
 
-    ids: np.ndarray
+    ids: np.ndarray  # int64 or str, the item key's type
     values: np.ndarray
     loaded_at: float  # time.time() of the load
     marker_stamp: int | None  # mtime_ns of the materialization marker the load saw
 
     def lookup(self, item_ids: np.ndarray) -> np.ndarray:
-        """(N,) int64 ids -> (N, F) features; one searchsorted, no per-item Python work."""
+        """(N,) ids of the key's type (int64 or str) -> (N, F) features; one searchsorted, no per-item Python
+        work."""
         if len(self.ids) == 0:
             return np.broadcast_to(self.values[-1], (len(item_ids), self.values.shape[1]))
         pos = np.minimum(np.searchsorted(self.ids, item_ids), len(self.ids) - 1)
@@ -85,10 +90,10 @@ def catalog_item_ids(store, schema: DatasetSchema) -> np.ndarray:
     """Every item id the item feature view knows: the key column of its batch source (the online store
     cannot list its keys), sorted and unique. Empty when the schema has no item features."""
     if not schema.from_source("item"):
-        return np.empty(0, dtype=np.int64)
+        return schema.key_array(schema.item_key, np.empty(0, dtype=np.int64))
     source = store.get_feature_view("item_features").batch_source
-    ids = pd.read_parquet(source.path, columns=[schema.item_key])[schema.item_key].to_numpy(dtype=np.int64)
-    return np.unique(ids)
+    ids = pd.read_parquet(source.path, columns=[schema.item_key])[schema.item_key].to_numpy()
+    return np.unique(schema.key_array(schema.item_key, ids))
 
 
 def load_item_table(store, schema: DatasetSchema, marker: Path) -> ItemTable:
@@ -155,7 +160,7 @@ def request_frame(schema: DatasetSchema, users: np.ndarray, lengths: np.ndarray,
                   contexts: list[dict], user_features: np.ndarray, item_features: np.ndarray) -> pd.DataFrame:
     """The model's raw input rows for a batch of B requests with N candidates in all.
 
-    users (B,), lengths (B,) candidates per request, items (N,), contexts B dicts (:func:`context_fields`;
+    users (B,), lengths (B,) candidates per request, items (N,) (ids of the keys' types), contexts B dicts (:func:`context_fields`;
     a missing one is None: OOV / train mean), user_features (B, Fu), item_features (N, Fi) -> DataFrame
     (N rows) with the schema's model columns."""
     columns: dict[str, np.ndarray] = {schema.user_key: np.repeat(users, lengths), schema.item_key: items}

@@ -91,9 +91,9 @@ class Splitter:
         max_candidates, max_id = self.settings.max_candidates, self.settings.max_id
         if len(body.items) > max_candidates:
             raise HTTPException(422, f"items: at most {max_candidates} candidates per request, got {len(body.items)}")
-        if body.user_id > max_id:
+        if isinstance(body.user_id, int) and body.user_id > max_id:
             raise HTTPException(422, f"user_id: must be <= {max_id}, got {body.user_id}")
-        ids = np.asarray(body.items, dtype=np.int64)
+        ids = np.asarray([i for i in body.items if isinstance(i, int)], dtype=np.int64)  # string ids: no range
         if (ids > max_id).any():
             raise HTTPException(422, f"items: ids must be <= {max_id}, got {ids[ids > max_id][:5].tolist()}")
         unknown = set(body.context) - self.context_fields

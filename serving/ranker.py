@@ -19,7 +19,8 @@ from mixrec.models.batch import Batch
 from .features import CachedItemFeatures, UncachedItemFeatures, online_matrix, request_frame
 from .resolved import ResolvedServe
 
-RankQuery = tuple[int, list[int], dict[str, int | str]]  # (user id, candidate item ids, request context)
+# (user id, candidate item ids, request context); ids int or str, coerced to the dataset's key types
+RankQuery = tuple[int | str, list[int | str], dict[str, int | str]]
 
 
 @serve.deployment(health_check_period_s=5, health_check_timeout_s=30, graceful_shutdown_timeout_s=5)
@@ -46,7 +47,7 @@ class Ranker:
         self.rank_batch.set_max_batch_size(s.batch_max_size)
         self.rank_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
 
-    async def rank(self, user_id: int, items: list[int], context: dict[str, int | str]) -> dict:
+    async def rank(self, user_id: int | str, items: list[int | str], context: dict[str, int | str]) -> dict:
         return await self.rank_batch((user_id, items, context))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
@@ -55,24 +56,26 @@ class Ranker:
 
     def score_requests(self, requests: list[RankQuery]) -> list[dict]:
         """B requests -> B responses with one Feast user read, one item-table lookup and one forward pass."""
-        users = np.array([r[0] for r in requests], dtype=np.int64)
+        schema = self.schema
+        users = schema.key_array(schema.user_key, [r[0] for r in requests])
         lengths = np.array([len(r[1]) for r in requests])
-        items = np.concatenate([np.asarray(r[1], dtype=np.int64) for r in requests])
+        sent = np.concatenate([np.asarray(r[1], dtype=object) for r in requests])  # echoed back as sent
+        items = schema.key_array(schema.item_key, sent)
         unique_users, inverse = np.unique(users, return_inverse=True)
-        user_features = online_matrix(self.store, self.schema, "user", unique_users)[inverse]
-        frame = request_frame(self.schema, users, lengths, items, [r[2] for r in requests], user_features,
+        user_features = online_matrix(self.store, schema, "user", unique_users)[inverse]
+        frame = request_frame(schema, users, lengths, items, [r[2] for r in requests], user_features,
                               self.items.lookup(items))
         scores = self.score(Batch.from_arrays(self.preprocessor.transform(frame)))
         splits = np.cumsum(lengths)[:-1]
-        return [self._response(int(u), i, s)
-                for u, i, s in zip(users, np.split(items, splits), np.split(scores, splits), strict=True)]
+        return [self._response(r[0], i, s)
+                for r, i, s in zip(requests, np.split(sent, splits), np.split(scores, splits), strict=True)]
 
     def score(self, batch: Batch) -> np.ndarray:
         """Click probabilities [B] of a preprocessed batch."""
         with torch.no_grad():
             return torch.sigmoid(self.model(batch.categorical, batch.dense)).numpy()
 
-    def _response(self, user_id: int, items: np.ndarray, scores: np.ndarray) -> dict:
+    def _response(self, user_id: int | str, items: np.ndarray, scores: np.ndarray) -> dict:
         order = np.argsort(-scores, kind="stable")
         ranked = [{"item_id": i, "score": s} for i, s in zip(items[order].tolist(), scores[order].tolist(), strict=True)]
         return {"user_id": user_id, "arm": self.arm, "model_name": self.model_name, "model_version": self.version,

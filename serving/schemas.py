@@ -15,7 +15,12 @@ HARD_MAX_CANDIDATES = 10_000  # schema-level cap; the configured limit (<= this)
 ID_MAX = 2**62  # schema-level id cap (int64-safe); the configured serve.max_id (<= this) is checked per request
 CONTEXT_MAX = 2**31 - 1
 
-Id = Annotated[int, Field(strict=True, ge=0, le=ID_MAX)]
+# An id: a JSON integer or a string (hashes, UUIDs, 20-digit ids), looked up as the dataset's key type.
+IntId = Annotated[int, Field(strict=True, ge=0, le=ID_MAX)]
+StrId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Id = IntId | StrId  # smart-mode union: a JSON integer stays an int, a JSON string a str
+_Bounded = Field(min_length=1, max_length=HARD_MAX_CANDIDATES)
+Items = Annotated[list[IntId], _Bounded] | Annotated[list[StrId], _Bounded]  # all integers or all strings
 ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 # A context feature: an id, or text (a string category, or a multi-hot field's values joined by its separator).
 ContextValue = Annotated[int, Field(strict=True, ge=0, le=CONTEXT_MAX)] | Annotated[str, StringConstraints(max_length=1024)]
@@ -24,8 +29,8 @@ ContextValue = Annotated[int, Field(strict=True, ge=0, le=CONTEXT_MAX)] | Annota
 class RankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: Id
-    items: list[Id] = Field(..., min_length=1, max_length=HARD_MAX_CANDIDATES,
-                            description="candidate item ids (at most serve.max_candidates)")
+    items: Items = Field(..., description="candidate item ids, all integers or all strings (at most "
+                                          "serve.max_candidates)")
     context: dict[ContextKey, ContextValue] = Field(
         default_factory=dict, max_length=64,
         description="request-time features of the dataset schema (its request and row fields), e.g. device, hour; "
@@ -33,12 +38,12 @@ class RankRequest(BaseModel):
 
 
 class RankedItem(BaseModel):
-    item_id: int
+    item_id: int | str
     score: float
 
 
 class RankResponse(BaseModel):
-    user_id: int
+    user_id: int | str
     arm: str
     model_name: str
     model_version: str

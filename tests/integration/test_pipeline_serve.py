@@ -63,14 +63,21 @@ def test_unknown_ids_are_scored_with_oov(served):
     r = served["client"].post("/rank", json={"user_id": 10**12, "items": [10**9, 1]})
     assert r.status_code == 200, r.text
     assert {i["item_id"] for i in r.json()["ranked"]} == {10**9, 1}
+    # the int-keyed dataset: a decimal string is that id, any other string an unknown one; echoed as sent
+    r = served["client"].post("/rank", json={"user_id": "seven", "items": ["1", "8dcb419a"]})
+    assert r.status_code == 200, r.text
+    assert {i["item_id"] for i in r.json()["ranked"]} == {"1", "8dcb419a"}
+    as_int, as_text = (served["client"].post("/rank", json=body).json()["ranked"][0]
+                       for body in ({"user_id": 3, "items": [5]}, {"user_id": "3", "items": ["5"]}))
+    assert as_text["item_id"] == "5" and as_text["score"] == pytest.approx(as_int["score"], rel=1e-5)
 
 
 @pytest.mark.parametrize("payload, status, needle", [
     (b"{not json", 422, "json"),
     ({"items": [1, 2]}, 422, "user_id"),
     ({"user_id": 1}, 422, "items"),
-    ({"user_id": "seven", "items": [1]}, 422, "user_id"),
-    ({"user_id": 1, "items": ["a"]}, 422, "items"),
+    ({"user_id": 7.5, "items": [1]}, 422, "user_id"),
+    ({"user_id": 1, "items": [1, "a"]}, 422, "items"),
     ({"user_id": 1, "items": []}, 422, "items"),
     ({"user_id": -1, "items": [1]}, 422, "user_id"),
     ({"user_id": 1, "items": list(range(51))}, 422, "at most 50 candidates"),

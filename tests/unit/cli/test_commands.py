@@ -21,6 +21,7 @@ VERBS = {
     "query": ["--device", "--file", "--hour", "--items", "--json", "--timeout", "--token-env", "--url", "--user", "--workspace", "-f", "-w"],
     "rollback": ["--config", "--json", "--reason", "--workspace", "-c", "-w"],
     "run": ["--dashboard", "--fresh", "--json", "--workspace", "-w", "CONFIG"],
+    "score": ["--alias", "--batch-size", "--config", "--output", "--version", "--workers", "--workspace", "-c", "-o", "-w", "PATH"],
     "serve": ["--config", "--dashboard", "--port", "--workspace", "--write-config", "-c", "-w"],
     "submit": ["--address", "--wait", "CONFIG"],
     "tune": ["--json", "--resume", "STUDY"],

@@ -153,3 +153,40 @@ def test_pipeline_config_names_a_bad_dataset_schema(tmp_path):
     with pytest.raises(ConfigError, match=r"data.schema: invalid dataset schema .*bad.yaml:\n  - label: "):
         dataset_schema(parse_config({"data": {"schema": str(tmp_path / "bad.yaml")}}))
     assert dataset_schema(parse_config({"data": {"schema": "configs/datasets/criteo.yaml"}})).name == "criteo"
+
+
+HEX_SPEC = {**CSV_SPEC, "event_key_type": "string", "entities": {"user": {"key": "uid", "key_type": "string"}}}
+HEX = TOY.assign(id=[str(11255030587488208480 + i) for i in range(6)],
+                 uid=["8dcb419a", "0a1b2c3d", "00000042", "8dcb419a", "0a1b2c3d", "00000042"])
+
+
+def test_string_keys_keep_their_text_and_split_by_a_hash_of_it(tmp_path):
+    spec = _write(tmp_path, HEX_SPEC, frame=HEX)
+    table = pq.read_table(write_sources(spec, tmp_path, tmp_path / "out").events)
+    assert table.schema.field("id").type == table.schema.field("uid").type == pa.string()
+    assert table.column("id").to_pylist() == HEX["id"].tolist()  # 20 digits, not int64, not rounded
+    assert table.column("uid").to_pylist() == HEX["uid"].tolist()  # leading zeros kept
+    expected = split_at_random(HEX["id"].to_numpy(dtype=object), 3, 0.2, 0.2)
+    assert table.column(SPLIT_COLUMN).to_pylist() == list(expected)
+
+
+def test_an_int_key_holding_hashes_names_the_column_and_the_fix(tmp_path):
+    spec = _write(tmp_path, {**CSV_SPEC, "event_key_type": "string"}, frame=HEX)
+    with pytest.raises(DatasetError, match=r"'uid'.*key_type: string"):
+        write_sources(spec, tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out" / "events.parquet").exists()
+    with pytest.raises(DatasetError, match="event_key_type: `string` needs an `event_key`"):
+        parse_dataset_spec({**HEX_SPEC, "event_key": None})
+
+
+def test_string_entity_keys_of_a_parquet_entity_file(tmp_path):
+    from mixrec.features.adapters import write_entity_source
+
+    users = pd.DataFrame({"uid": ["8dcb419a", "00000042"], "event_timestamp": pd.Timestamp("2026-01-01", tz="UTC"),
+                          "age": [3, 4]})
+    users.to_parquet(tmp_path / "users.parquet")
+    spec = parse_dataset_spec({**HEX_SPEC, "entities": {"user": {"key": "uid", "key_type": "string",
+                                                                  "file": "users.parquet"}},
+                               "categorical": ["uid", "color", {"name": "age", "source": "user"}]})
+    out = pq.read_table(write_entity_source(spec, "user", tmp_path, tmp_path / "users_out.parquet"))
+    assert out.schema.field("uid").type == pa.string() and out.column("uid").to_pylist() == ["8dcb419a", "00000042"]

@@ -38,3 +38,11 @@ def test_assign_splits_follows_the_policy():
     assert assign_splits(SplitSpec(policy="time"), "all", ts, keys, (4, 8)).tolist() == ["train", "valid", "test"]
     random = SplitSpec(policy="random", seed=3)
     assert (assign_splits(random, "all", ts, keys, None) == split_at_random(keys, 3, 0.1, 0.1)).all()
+
+
+def test_random_split_of_string_keys_is_seeded_and_independent_of_chunking():
+    keys = np.array([f"{i:08x}" for i in range(2000)], dtype=object)
+    whole = split_at_random(keys, 7, 0.1, 0.2)
+    parts = np.concatenate([split_at_random(keys[:700], 7, 0.1, 0.2), split_at_random(keys[700:], 7, 0.1, 0.2)])
+    assert (whole == parts).all() and not (whole == split_at_random(keys, 8, 0.1, 0.2)).all()
+    assert 0.15 < (whole == "test").mean() < 0.25

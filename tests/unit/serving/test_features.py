@@ -46,3 +46,16 @@ def test_request_frame_has_one_row_per_candidate(context):
     frame = request_frame(schema, np.array([1]), np.array([3]), np.array([4, 5, 6]), [context],
                           np.zeros((1, 3)), np.zeros((3, 4)))
     assert len(frame) == 3 and frame["item_id"].tolist() == [4, 5, 6]
+
+
+def test_lookup_by_string_ids_the_way_the_ranker_coerces_them():
+    from dataclasses import replace
+
+    hex_schema = replace(schema, string_keys=("user_id", "item_id"))
+    ids = np.unique(hex_schema.key_array("item_id", ["8dcb419a", "00000042", "17"]))
+    t = ItemTable(ids=ids, values=np.vstack([np.arange(12.0).reshape(3, 4), np.full((1, 4), np.nan)]),
+                  loaded_at=0.0, marker_stamp=None)
+    sent = hex_schema.key_array("item_id", np.array(["00000042", 17, "ffff", "8dcb419a"], dtype=object))
+    got = t.lookup(sent)  # an int 17 is the string id "17"; "ffff" is unknown
+    row = {v: i for i, v in enumerate(ids.tolist())}
+    np.testing.assert_array_equal(got[:, 0], [4.0 * row["00000042"], 4.0 * row["17"], np.nan, 4.0 * row["8dcb419a"]])
