@@ -16,7 +16,7 @@ FEAST = str(Path(sys.executable).with_name("feast"))
 def _registered(repo: Path) -> dict[str, list]:
     store = feast_repo.open_store(repo)
     return {
-        "entities": sorted((e.name, tuple(e.join_keys)) for e in store.list_entities()),
+        "entities": sorted((e.name, e.join_key) for e in store.list_entities()),
         "feature_views": sorted((v.name, tuple(f.name for f in v.features)) for v in store.list_feature_views()),
         "feature_services": sorted(s.name for s in store.list_feature_services()),
     }
