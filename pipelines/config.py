@@ -154,6 +154,10 @@ class ServeConfig(_Section):
     max_queued_requests: int = Field(64, ge=0, description="per ranker deployment: requests waiting beyond that; "
                                      "more are answered 503 with Retry-After, never queued without bound")
     retry_after_s: int = Field(1, ge=1, description="Retry-After of an overload 503")
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576, description="largest /rank request body; "
+                                "a larger one is answered 413 before it is parsed")
+    request_timeout_s: float = Field(30.0, gt=0.0, description="a /rank request not scored within this many "
+                                     "seconds is answered 503 with Retry-After")
     batch_max_size: int = Field(16, ge=1, description="@serve.batch: requests scored in one forward pass")
     batch_wait_timeout_s: float = Field(0.002, ge=0.0, description="@serve.batch: wait this long to fill a batch")
     item_cache: bool = Field(True, description="cache item features in each ranker replica; false reads every "

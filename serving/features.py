@@ -34,6 +34,25 @@ def to_float(values: list) -> np.ndarray:
     return pd.to_numeric(pd.Series(values, dtype="object"), errors="coerce").to_numpy(dtype=np.float64)
 
 
+class FeatureStoreUnavailable(RuntimeError):
+    """The online store could not be read (down, unreachable, a corrupt row): the request is answered 503 with
+    Retry-After, not scored with made-up features."""
+
+
+def lookup_keys(ids: list[int] | list[str]) -> np.ndarray:
+    """Request ids (all ints, or all strings as clients send 64-bit ids) -> int64 keys of the int-keyed online
+    store, item table and id vocabularies: a decimal string is that id, any other string an id no entity has
+    (-1: OOV embedding, mean-imputed features). Vectorised; a list of ints converts as it is."""
+    if not ids or not isinstance(ids[0], str):
+        return np.asarray(ids, dtype=np.int64)
+    text = pd.Series(ids, dtype=object)
+    digits = text.str.fullmatch(r"[0-9]{1,19}").to_numpy(dtype=bool)
+    numeric = digits & ((text.str.len() < 19) | (text <= str(np.iinfo(np.int64).max))).to_numpy(dtype=bool)
+    keys = np.full(len(ids), -1, dtype=np.int64)
+    keys[numeric] = text[numeric].astype(np.int64).to_numpy()
+    return keys
+
+
 def online_matrix(store, schema: DatasetSchema, source: str, keys: np.ndarray) -> np.ndarray:
     """Online features of ``source`` ("user"/"item") for ``keys`` (n,) -> object (n, F): dense values as
     floats (NaN where unknown), categorical ones as Feast returns them (ints, strings, lists; None where
@@ -42,7 +61,11 @@ def online_matrix(store, schema: DatasetSchema, source: str, keys: np.ndarray) -
     matrix = np.empty((len(keys), len(fields)), dtype=object)
     if len(keys) == 0 or not fields:
         return matrix
-    values = feast_repo.online_features(store, schema, source, keys.tolist())
+    try:
+        values = feast_repo.online_features(store, schema, source, keys.tolist())
+    except Exception as err:  # any failure of the store's client: sqlite, redis, a network, a corrupt value
+        raise FeatureStoreUnavailable(f"online feature store read failed ({source} features): "
+                                      f"{type(err).__name__}: {str(err)[:200]}") from err
     for j, f in enumerate(fields):
         # via an object Series: a multi-hot field's lists stay one cell each
         matrix[:, j] = to_float(values[f.name]) if f.kind == "dense" else pd.Series(values[f.name], dtype=object).to_numpy()

@@ -17,7 +17,7 @@ from mixrec.pipelines.workspace import Workspace
 
 # The ServeConfig fields each deployment reads; its view keeps these and leaves the others at their defaults.
 RANKER_SETTINGS = ("batch_max_size", "batch_wait_timeout_s", "item_cache", "item_cache_ttl_s", "item_cache_check_s")
-SPLITTER_SETTINGS = ("salt", "max_candidates", "max_id", "retry_after_s")
+SPLITTER_SETTINGS = ("salt", "max_candidates", "max_id", "retry_after_s", "max_body_bytes", "request_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class ResolvedServe:
     schema: DatasetSchema  # the dataset schema the served models were trained on
     env: dict[str, str]  # environment of the replicas (quiet logging)
     token_sha256: str | None  # live (splitter user_config); None: no auth
+    warnings: tuple[str, ...] = ()  # arms dropped at resolve time (an unloadable challenger), shown by /arms
 
     def _view(self, settings: tuple[str, ...], arms: dict[str, str]) -> ResolvedServe:
         serve = ServeConfig(**self.serve.model_dump(include=set(settings)))

@@ -46,3 +46,12 @@ def test_request_frame_has_one_row_per_candidate(context):
     frame = request_frame(schema, np.array([1]), np.array([3]), np.array([4, 5, 6]), [context],
                           np.zeros((1, 3)), np.zeros((3, 4)))
     assert len(frame) == 3 and frame["item_id"].tolist() == [4, 5, 6]
+
+
+def test_lookup_keys_keep_ints_and_map_strings_to_ids_or_unknown():
+    from mixrec.serving.features import lookup_keys
+
+    ints = lookup_keys([3, 2**62])
+    assert ints.dtype == np.int64 and ints.tolist() == [3, 2**62]
+    keys = lookup_keys(["17", "9007199254740993", "abc", "-4", "1 ", "9223372036854775807", "9223372036854775808"])
+    assert keys.tolist() == [17, 9007199254740993, -1, -1, -1, 2**63 - 1, -1]
