@@ -149,6 +149,8 @@ class ServeConfig(_Section):
         description="name of an environment variable holding a bearer token; when set, /rank and /arms answer 401 "
         "without `Authorization: Bearer <token>` (/health stays open). The variable must be set when serving starts")
     ranker_replicas: int = Field(1, ge=1, description="replicas of each ranker deployment")
+    splitter_replicas: int = Field(2, ge=1, description="replicas of the splitter (the ingress): with two, losing "
+                                   "one fails only the requests it held while Serve replaces it")
     ranker_cpus: float = Field(0.25, gt=0.0, description="logical CPUs per ranker replica (fractional on small hosts)")
     max_ongoing_requests: int = Field(32, ge=1, description="per ranker replica: requests in flight at once")
     max_queued_requests: int = Field(64, ge=0, description="per ranker deployment: requests waiting beyond that; "

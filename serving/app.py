@@ -50,6 +50,7 @@ def build_app(plan: ResolvedServe):
                                     ray_actor_options={"num_cpus": s.ranker_cpus})
         rankers[arm] = versioned(deployment, ranker_plan).bind(ranker_plan)
     splitter_plan = plan.splitter_view()
-    deployment = Splitter.options(user_config=splitter_user_config(plan), max_surge_percent=100,
+    deployment = Splitter.options(user_config=splitter_user_config(plan), num_replicas=s.splitter_replicas,
+                                  max_surge_percent=100,
                                   backpressure_config=BackpressureConfig(retry_after_s=s.retry_after_s))
     return versioned(deployment, splitter_plan, sorted(rankers)).bind(splitter_plan, **rankers)

@@ -42,3 +42,34 @@ def served(ray_session, tmp_path_factory, free_port):
     yield {"first": first, "second": second, "url": url, "client": client, "cfg": cfg}
     client.close()
     stop_serving(cfg)
+
+
+
+@pytest.fixture(scope="session")
+def deployed_with(served):
+    """A context manager: the shared app deployed again with ``serve`` settings changed (and ``env`` set, e.g.
+    a token's variable) inside the block; the fixture's own config (and environment) is back after it,
+    whatever happened."""
+    import os
+    from contextlib import contextmanager
+
+    from mixrec.pipelines.config import parse_config
+    from mixrec.serving.server import deploy
+
+    @contextmanager
+    def deployed(env: dict[str, str] | None = None, **serve_settings):
+        saved = {k: os.environ.get(k) for k in env or {}}
+        os.environ.update(env or {})
+        data = served["cfg"].to_dict()
+        data["serve"].update(serve_settings)
+        try:
+            yield deploy(parse_config(data))[1]
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            deploy(served["cfg"])
+
+    return deployed
