@@ -3,9 +3,16 @@ session, because the pipeline runs and the Serve deployment cost most of a minut
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from mixrec.pipelines.registry import CHALLENGER, CHAMPION
+
+# Helper modules of these tests (serving_traffic) import by name: --import-mode=importlib puts no test folder on
+# sys.path.
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def tiny_config(workspace, model: str, port: int) -> dict:
