@@ -58,8 +58,9 @@ class Splitter:
     answered here with 503 + Retry-After; should the splitter's own queue fill, Serve's proxy answers 503 with
     the same Retry-After (``BackpressureConfig``)."""
 
-    def __init__(self, plan: ResolvedServe, **rankers):
-        """``plan``: :meth:`ResolvedServe.splitter_view`; ``rankers``: arm -> its Ranker deployment handle."""
+    def __init__(self, plan: ResolvedServe, retiring: dict, **rankers):
+        """``plan``: :meth:`ResolvedServe.splitter_view`; ``rankers``: arm -> its Ranker deployment handle;
+        ``retiring``: handles of rankers kept alive for the previous splitter replicas, never used here."""
         self.plan, self.settings, self.rankers = plan, plan.serve, rankers
         self.context_fields = set(context_fields(plan.schema))
         self.weights = normalize_weights({arm: 1.0 for arm in rankers})

@@ -35,7 +35,7 @@ class ResolvedServe:
 
     def _view(self, settings: tuple[str, ...], arms: dict[str, str]) -> ResolvedServe:
         serve = ServeConfig(**self.serve.model_dump(include=set(settings)))
-        return replace(self, serve=serve, arms=arms, weights={}, token_sha256=None)
+        return replace(self, serve=serve, arms=arms, weights={}, token_sha256=None, warnings=())
 
     def ranker_view(self, arm: str) -> ResolvedServe:
         """A ranker's constructor argument: its arm's version, where models and features come from, and the
@@ -45,4 +45,4 @@ class ResolvedServe:
     def splitter_view(self) -> ResolvedServe:
         """The splitter's constructor argument: the served arms and request limits; weights and token reach it
         through its ``user_config`` only, so changing them reconfigures the running replicas."""
-        return self._view(SPLITTER_SETTINGS, self.arms)
+        return replace(self._view(SPLITTER_SETTINGS, self.arms), warnings=self.warnings)

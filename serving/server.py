@@ -119,8 +119,44 @@ def deploy(cfg: PipelineConfig, ray_address: str | None = None) -> tuple[str, Re
     from .app import build_app
 
     host, port = _http_proxy(cfg.serve)
-    serve.run(build_app(plan), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
-    return f"http://{host}:{port}{cfg.serve.route_prefix}", plan
+    name, prefix = cfg.serve.app_name, cfg.serve.route_prefix
+    retiring = _retiring_rankers(name, plan)
+    if retiring:  # phase 1: the new graph, the dropped rankers still up until the old splitter drained
+        serve.run(build_app(plan, retiring), name=name, route_prefix=prefix)
+        _wait_for_drained_splitter(name)
+    serve.run(build_app(plan), name=name, route_prefix=prefix)
+    return f"http://{host}:{port}{prefix}", plan
+
+
+def _retiring_rankers(app_name: str, plan: ResolvedServe) -> dict[str, tuple[str, str]]:
+    """Ranker deployments the running application has and ``plan`` drops: name -> (arm, version)."""
+    from ray import serve
+
+    from .app import ranker_name
+
+    app = serve.status().applications.get(app_name)
+    keep = {ranker_name(arm, version) for arm, version in plan.arms.items()}
+    retiring = {}
+    for name in (app.deployments if app else {}):
+        if name.startswith("ranker_") and name not in keep:
+            arm, _, version = name.removeprefix("ranker_").rpartition("_v")
+            retiring[name] = (arm, version)
+    return retiring
+
+
+def _wait_for_drained_splitter(app_name: str, timeout_s: float = 120.0) -> None:
+    """Until the splitter runs only replicas of the version just deployed (the previous ones drained)."""
+    import time
+
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = serve.status().applications[app_name].deployments["Splitter"].replica_states
+        if set(states) <= {"RUNNING"}:
+            return
+        time.sleep(0.2)
+    log.warning("the previous splitter replicas of %s did not drain in %.0fs", app_name, timeout_s)
 
 
 def start_serving(cfg: PipelineConfig, ray_address: str | None = None) -> str:
