@@ -54,14 +54,16 @@ def kill_a_splitter_replica(after_s: float, out: dict) -> None:
     from ray import serve
 
     time.sleep(after_s)
-    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                   if a["name"].startswith("SERVE_REPLICA::mixrec#Splitter#"))
-    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    def splitters() -> set[str]:
+        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith("SERVE_REPLICA::mixrec#Splitter#")}
+
+    names = splitters()
+    ray.kill(ray.get_actor(sorted(names)[0], namespace="serve"), no_restart=True)
     killed = time.perf_counter()
     while time.perf_counter() - killed < 120:
         status = serve.status().applications["mixrec"].deployments["Splitter"]
-        alive = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
-        if status.replica_states.get("RUNNING", 0) == 2 and names[0] not in alive:
+        if status.replica_states.get("RUNNING", 0) == 2 and splitters() - names:  # a new replica runs
             out["recovered_after_s"] = round(time.perf_counter() - killed, 2)
             return
         time.sleep(0.2)
