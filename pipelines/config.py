@@ -175,11 +175,17 @@ class ServeConfig(_Section):
         description="name of an environment variable holding a bearer token; when set, /rank and /arms answer 401 "
         "without `Authorization: Bearer <token>` (/health stays open). The variable must be set when serving starts")
     ranker_replicas: int = Field(1, ge=1, description="replicas of each ranker deployment")
+    splitter_replicas: int = Field(2, ge=1, description="replicas of the splitter (the ingress): with two, losing "
+                                   "one fails only the requests it held while Serve replaces it")
     ranker_cpus: float = Field(0.25, gt=0.0, description="logical CPUs per ranker replica (fractional on small hosts)")
     max_ongoing_requests: int = Field(32, ge=1, description="per ranker replica: requests in flight at once")
     max_queued_requests: int = Field(64, ge=0, description="per ranker deployment: requests waiting beyond that; "
                                      "more are answered 503 with Retry-After, never queued without bound")
     retry_after_s: int = Field(1, ge=1, description="Retry-After of an overload 503")
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576, description="largest /rank request body; "
+                                "a larger one is answered 413 before it is parsed")
+    request_timeout_s: float = Field(30.0, gt=0.0, description="a /rank request not scored within this many "
+                                     "seconds is answered 503 with Retry-After")
     batch_max_size: int = Field(16, ge=1, description="@serve.batch: requests scored in one forward pass")
     batch_wait_timeout_s: float = Field(0.002, ge=0.0, description="@serve.batch: wait this long to fill a batch")
     item_cache: bool = Field(True, description="cache item features in each ranker replica; false reads every "

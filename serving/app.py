@@ -8,6 +8,7 @@ probability, with the arm, model name and version that served them.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 from ray.serve.config import BackpressureConfig
 
@@ -34,25 +35,38 @@ def splitter_user_config(plan: ResolvedServe) -> dict:
     return {"weights": plan.weights, "token_sha256": plan.token_sha256}
 
 
-def build_app(plan: ResolvedServe):
+def ranker_name(arm: str, version: str) -> str:
+    return f"ranker_{arm}_v{version}"
+
+
+def _ranker(plan: ResolvedServe, arm: str, version: str):
+    """The Ranker deployment of ``arm`` serving ``version``, bound (same name and code version for the same
+    settings, so binding it again leaves its replicas running)."""
+    s, ranker_plan = plan.serve, replace(plan, arms={**plan.arms, arm: version}).ranker_view(arm)
+    deployment = Ranker.options(name=ranker_name(arm, version), num_replicas=s.ranker_replicas,
+                                max_ongoing_requests=s.max_ongoing_requests, max_queued_requests=s.max_queued_requests,
+                                max_surge_percent=100, ray_actor_options={"num_cpus": s.ranker_cpus})
+    return versioned(deployment, ranker_plan).bind(ranker_plan)
+
+
+def build_app(plan: ResolvedServe, retiring: dict[str, tuple[str, str]] | None = None):
     """The Serve application graph: one Ranker deployment per arm (named by arm and version), the Splitter in
     front. Deploying it again with other weights or token only reconfigures the splitter (user_config);
-    replicas that must change (a new version, other arms) are replaced with surge: new ones start first."""
+    replicas that must change (a new version, other arms) are replaced with surge: new ones start first.
+
+    ``retiring``: deployment name -> (arm, version) of rankers the previous graph served and this one drops.
+    They stay in the graph (bound to the splitter, never routed to) so that the previous splitter replicas
+    can finish their requests while they drain; a second deploy without them then deletes them."""
     if set(plan.weights) != set(plan.arms):
         raise ValueError(f"weights {sorted(plan.weights)} and arms {sorted(plan.arms)} must name the same arms")
     s = plan.serve
-    rankers = {}
-    for arm, version in plan.arms.items():
-        ranker_plan = plan.ranker_view(arm)
-        deployment = Ranker.options(name=f"ranker_{arm}_v{version}", num_replicas=s.ranker_replicas,
-                                    max_ongoing_requests=s.max_ongoing_requests,
-                                    max_queued_requests=s.max_queued_requests, max_surge_percent=100,
-                                    ray_actor_options={"num_cpus": s.ranker_cpus})
-        rankers[arm] = versioned(deployment, ranker_plan).bind(ranker_plan)
+    rankers = {arm: _ranker(plan, arm, version) for arm, version in plan.arms.items()}
+    kept = {name: _ranker(plan, arm, version) for name, (arm, version) in sorted((retiring or {}).items())}
     splitter_plan = plan.splitter_view()
-    deployment = Splitter.options(user_config=splitter_user_config(plan), max_surge_percent=100,
+    deployment = Splitter.options(user_config=splitter_user_config(plan), num_replicas=s.splitter_replicas,
+                                  max_surge_percent=100,
                                   backpressure_config=BackpressureConfig(retry_after_s=s.retry_after_s))
-    return versioned(deployment, splitter_plan, sorted(rankers)).bind(splitter_plan, **rankers)
+    return versioned(deployment, splitter_plan, sorted(rankers), sorted(kept)).bind(splitter_plan, kept, **rankers)
 
 
 def app_builder(args: dict):

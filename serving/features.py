@@ -38,6 +38,11 @@ def to_float(values: list) -> np.ndarray:
     return pd.to_numeric(pd.Series(values, dtype="object"), errors="coerce").to_numpy(dtype=np.float64)
 
 
+class FeatureStoreUnavailable(RuntimeError):
+    """The online store could not be read (down, unreachable, a corrupt row): the request is answered 503 with
+    Retry-After, not scored with made-up features."""
+
+
 def online_matrix(store, schema: DatasetSchema, source: str, keys: np.ndarray) -> np.ndarray:
     """Online features of ``source`` ("user"/"item") for ``keys`` (n,) of the key's type -> object (n, F): dense values as
     floats (NaN where unknown), categorical ones as Feast returns them (ints, strings, lists; None where
@@ -46,7 +51,11 @@ def online_matrix(store, schema: DatasetSchema, source: str, keys: np.ndarray) -
     matrix = np.empty((len(keys), len(fields)), dtype=object)
     if len(keys) == 0 or not fields:
         return matrix
-    values = feast_repo.online_features(store, schema, source, keys.tolist())
+    try:
+        values = feast_repo.online_features(store, schema, source, keys.tolist())
+    except Exception as err:  # any failure of the store's client: sqlite, redis, a network, a corrupt value
+        raise FeatureStoreUnavailable(f"online feature store read failed ({source} features): "
+                                      f"{type(err).__name__}: {str(err)[:200]}") from err
     for j, f in enumerate(fields):
         # via an object Series: a multi-hot field's lists stay one cell each
         matrix[:, j] = to_float(values[f.name]) if f.kind == "dense" else pd.Series(values[f.name], dtype=object).to_numpy()

@@ -16,11 +16,17 @@ from ray import serve
 from mixrec.features import feast_repo
 from mixrec.models.batch import Batch
 
-from .features import CachedItemFeatures, UncachedItemFeatures, online_matrix, request_frame
+from .features import (
+    CachedItemFeatures,
+    FeatureStoreUnavailable,
+    UncachedItemFeatures,
+    online_matrix,
+    request_frame,
+)
 from .resolved import ResolvedServe
 
-# (user id, candidate item ids, request context); ids int or str, coerced to the dataset's key types
-RankQuery = tuple[int | str, list[int | str], dict[str, int | str]]
+# (user id, candidate item ids, request context); ids as the client sent them, ints or strings
+RankQuery = tuple[int | str, list[int] | list[str], dict[str, int | str]]
 
 
 @serve.deployment(health_check_period_s=5, health_check_timeout_s=30, graceful_shutdown_timeout_s=5)
@@ -47,14 +53,27 @@ class Ranker:
         self.rank_batch.set_max_batch_size(s.batch_max_size)
         self.rank_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
 
-    async def rank(self, user_id: int | str, items: list[int | str], context: dict[str, int | str]) -> dict:
-        return await self.rank_batch((user_id, items, context))
+    async def rank(self, user_id: int | str, items: list[int] | list[str], context: dict[str, int | str]) -> dict:
+        result = await self.rank_batch((user_id, items, context))
+        if isinstance(result, FeatureStoreUnavailable):
+            raise result  # the splitter answers 503 + Retry-After
+        return result
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def rank_batch(self, requests: list[RankQuery]) -> list[dict]:
+    async def rank_batch(self, requests: list[RankQuery]) -> list[dict | FeatureStoreUnavailable]:
         return self.score_requests(requests)
 
-    def score_requests(self, requests: list[RankQuery]) -> list[dict]:
+    def score_requests(self, requests: list[RankQuery]) -> list[dict | FeatureStoreUnavailable]:
+        """B requests -> B responses; when the online store fails the batch, each request is retried alone so
+        that only those whose features cannot be read get the error (returned in their place)."""
+        try:
+            return self.score_batch(requests)
+        except FeatureStoreUnavailable as err:
+            if len(requests) == 1:
+                return [err]
+        return [self.score_requests([r])[0] for r in requests]  # the failure path only: one read per request
+
+    def score_batch(self, requests: list[RankQuery]) -> list[dict]:
         """B requests -> B responses with one Feast user read, one item-table lookup and one forward pass."""
         schema = self.schema
         users = schema.key_array(schema.user_key, [r[0] for r in requests])
@@ -77,7 +96,8 @@ class Ranker:
 
     def _response(self, user_id: int | str, items: np.ndarray, scores: np.ndarray) -> dict:
         order = np.argsort(-scores, kind="stable")
-        ranked = [{"item_id": i, "score": s} for i, s in zip(items[order].tolist(), scores[order].tolist(), strict=True)]
+        ranked = [{"item_id": i, "score": s}
+                  for i, s in zip(np.asarray(items, dtype=object)[order].tolist(), scores[order].tolist(), strict=True)]
         return {"user_id": user_id, "arm": self.arm, "model_name": self.model_name, "model_version": self.version,
                 "ranked": ranked}
 

@@ -18,7 +18,7 @@ from mixrec.pipelines.workspace import Workspace
 
 # The ServeConfig fields each deployment reads; its view keeps these and leaves the others at their defaults.
 RANKER_SETTINGS = ("batch_max_size", "batch_wait_timeout_s", "item_cache", "item_cache_ttl_s", "item_cache_check_s")
-SPLITTER_SETTINGS = ("salt", "max_candidates", "max_id", "retry_after_s")
+SPLITTER_SETTINGS = ("salt", "max_candidates", "max_id", "retry_after_s", "max_body_bytes", "request_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,11 @@ class ResolvedServe:
     schema: DatasetSchema  # the dataset schema the served models were trained on
     env: dict[str, str]  # environment of the replicas (quiet logging)
     token_sha256: str | None  # live (splitter user_config); None: no auth
+    warnings: tuple[str, ...] = ()  # arms dropped at resolve time (an unloadable challenger), shown by /arms
 
     def _view(self, settings: tuple[str, ...], arms: dict[str, str]) -> ResolvedServe:
         serve = ServeConfig(**self.serve.model_dump(include=set(settings)))
-        return replace(self, serve=serve, arms=arms, weights={}, token_sha256=None)
+        return replace(self, serve=serve, arms=arms, weights={}, token_sha256=None, warnings=())
 
     def ranker_view(self, arm: str) -> ResolvedServe:
         """A ranker's constructor argument: its arm's version, where models and features come from, and the
@@ -45,7 +46,7 @@ class ResolvedServe:
     def splitter_view(self) -> ResolvedServe:
         """The splitter's constructor argument: the served arms and request limits; weights and token reach it
         through its ``user_config`` only, so changing them reconfigures the running replicas."""
-        return self._view(SPLITTER_SETTINGS, self.arms)
+        return replace(self._view(SPLITTER_SETTINGS, self.arms), warnings=self.warnings)
 
     # --- as data: the workspace's serve.json (a later process redeploys exactly this application, e.g. with
     # other weights only) and a Serve config file's application args (serving.serve_config, app.app_builder) --
@@ -54,7 +55,7 @@ class ResolvedServe:
         return {"model_name": self.model_name, "arms": dict(self.arms), "weights": dict(self.weights),
                 "tracking_uri": self.tracking_uri, "workspace": str(self.workspace.root),
                 "serve": self.serve.model_dump(mode="json"), "schema": self.schema.to_dict(), "env": dict(self.env),
-                "token_sha256": self.token_sha256}
+                "token_sha256": self.token_sha256, "warnings": list(self.warnings)}
 
     @classmethod
     def from_args(cls, args: dict) -> ResolvedServe:
@@ -67,4 +68,4 @@ class ResolvedServe:
                    weights={str(k): float(v) for k, v in args["weights"].items()},
                    tracking_uri=args["tracking_uri"], workspace=Workspace(Path(args["workspace"])),
                    schema=DatasetSchema.from_dict(args["schema"]), env=dict(args.get("env") or {}),
-                   token_sha256=args.get("token_sha256"))
+                   token_sha256=args.get("token_sha256"), warnings=tuple(args.get("warnings") or ()))

@@ -7,10 +7,11 @@ Importing this module imports no Ray (see :func:`mixrec.serving.state.join_recor
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from mixrec.pipelines.config import ConfigError, PipelineConfig, ServeConfig, dataset_schema
-from mixrec.pipelines.registry import RegistryError, resolve_alias, setup_tracking
+from mixrec.pipelines.registry import CHAMPION, RegistryError, resolve_alias, setup_tracking
 from mixrec.pipelines.runtime import QUIET_ENV, init_ray
 from mixrec.pipelines.workspace import Workspace
 
@@ -18,19 +19,24 @@ from .auth import configured_token_digest
 from .resolved import ResolvedServe
 from .state import ServerUnreachable, join_recorded_ray, record_state, running_state
 
+log = logging.getLogger(__name__)
 APP_NAME = ServeConfig().app_name  # the default application, as KubeRay's serveConfigV2 names it
 
 
 def resolve_arms(model_name: str, weights: dict[str, float]) -> tuple[dict[str, str], dict[str, float]]:
-    """Aliases -> versions, once, at start. An alias that is missing, or that points at a version an earlier
-    arm already serves (a first model is champion and challenger at once), folds its weight into that arm:
-    champion gets 100 % while there is no distinct challenger."""
+    """Aliases -> versions, once, at start. The champion alias must exist when it is an arm (else
+    RegistryError: nothing trustworthy to serve). Another alias that is missing, or that points at a version an
+    earlier arm already serves (a first model is champion and challenger at once), folds its weight into that
+    arm: champion gets 100 % while there is no distinct challenger."""
     arms: dict[str, str] = {}
     merged: dict[str, float] = {}
-    for alias in sorted(weights, key=lambda a: (a != "champion", a)):
+    for alias in sorted(weights, key=lambda a: (a != CHAMPION, a)):
         try:
             version = resolve_alias(model_name, alias)
         except RegistryError:
+            if alias == CHAMPION:
+                raise RegistryError(f"model {model_name!r} has no {CHAMPION!r} alias: refusing to serve without "
+                                    f"one; train first, or `mixrec promote VERSION`") from None
             continue
         same = next((arm for arm, v in arms.items() if v == version), None)
         if same:
@@ -42,6 +48,31 @@ def resolve_arms(model_name: str, weights: dict[str, float]) -> tuple[dict[str, 
     if sum(merged.values()) <= 0:
         merged = {arm: 1.0 for arm in merged}
     return arms, merged
+
+
+def loadable_arms(model_name: str, arms: dict[str, str], weights: dict[str, float]
+                  ) -> tuple[dict[str, str], dict[str, float], tuple[str, ...]]:
+    """Load each arm's version once here, before any replica does: an arm that cannot be loaded is dropped
+    (its weight goes to the first arm, the champion) with a warning that ``/arms`` shows; when the first arm
+    cannot be loaded either, RegistryError (nothing to serve)."""
+    from mixrec.pipelines.pyfunc import load_ranker
+
+    first = next(iter(arms))
+    warnings = []
+    for arm, version in list(arms.items()):
+        try:
+            load_ranker(model_name, version)
+        except Exception as err:  # whatever the artifact store or the model's loader raises
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            if arm == first:
+                raise RegistryError(f"model {model_name!r} version {version} ({arm}) cannot be loaded: {reason}") from None
+            warnings.append(f"arm {arm!r} (version {version}) dropped: cannot be loaded: {reason}")
+            log.warning("%s; %s takes its traffic", warnings[-1], first)
+            del arms[arm]
+            weights = {a: w + weights[arm] if a == first else w for a, w in weights.items() if a != arm}
+    if sum(weights.values()) <= 0:
+        weights = {arm: 1.0 for arm in weights}
+    return arms, weights, tuple(warnings)
 
 
 def serving_schema(cfg: PipelineConfig):
@@ -63,9 +94,10 @@ def resolve_serve(cfg: PipelineConfig, ws: Workspace, versions: dict[str, str] |
         arms, weights = resolve_arms(cfg.registry.model_name, cfg.serve.arms)
     else:
         arms, weights = dict(versions), {arm: cfg.serve.arms.get(arm, 0.0) for arm in versions}
+    arms, weights, warnings = loadable_arms(cfg.registry.model_name, arms, weights)
     return ResolvedServe(serve=cfg.serve, model_name=cfg.registry.model_name, arms=arms, weights=weights,
                          tracking_uri=tracking_uri, workspace=ws, schema=serving_schema(cfg), env=dict(QUIET_ENV),
-                         token_sha256=configured_token_digest(cfg.serve))
+                         token_sha256=configured_token_digest(cfg.serve), warnings=warnings)
 
 
 def _http_proxy(serve_cfg: ServeConfig) -> tuple[str, int]:
@@ -87,15 +119,51 @@ def deploy(cfg: PipelineConfig, ray_address: str | None = None,
     """Deploy (or redeploy) the config's application, aliases resolved now (or ``versions`` pinned, see
     :func:`resolve_serve`); returns its base URL (http://HOST:PORT/PREFIX) and what it was built from. Other
     applications keep running; nothing is recorded in the workspace (:func:`start_serving` does)."""
+    plan = resolve_serve(cfg, Workspace.resolve(cfg.workspace), versions)  # first: a refusal starts no Ray
     init_ray(ray_address)
     from ray import serve
 
     from .app import build_app
 
-    plan = resolve_serve(cfg, Workspace.resolve(cfg.workspace), versions)
     host, port = _http_proxy(cfg.serve)
-    serve.run(build_app(plan), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
-    return f"http://{host}:{port}{cfg.serve.route_prefix}", plan
+    name, prefix = cfg.serve.app_name, cfg.serve.route_prefix
+    retiring = _retiring_rankers(name, plan)
+    if retiring:  # phase 1: the new graph, the dropped rankers still up until the old splitter drained
+        serve.run(build_app(plan, retiring), name=name, route_prefix=prefix)
+        _wait_for_drained_splitter(name)
+    serve.run(build_app(plan), name=name, route_prefix=prefix)
+    return f"http://{host}:{port}{prefix}", plan
+
+
+def _retiring_rankers(app_name: str, plan: ResolvedServe) -> dict[str, tuple[str, str]]:
+    """Ranker deployments the running application has and ``plan`` drops: name -> (arm, version)."""
+    from ray import serve
+
+    from .app import ranker_name
+
+    app = serve.status().applications.get(app_name)
+    keep = {ranker_name(arm, version) for arm, version in plan.arms.items()}
+    retiring = {}
+    for name in (app.deployments if app else {}):
+        if name.startswith("ranker_") and name not in keep:
+            arm, _, version = name.removeprefix("ranker_").rpartition("_v")
+            retiring[name] = (arm, version)
+    return retiring
+
+
+def _wait_for_drained_splitter(app_name: str, timeout_s: float = 120.0) -> None:
+    """Until the splitter runs only replicas of the version just deployed (the previous ones drained)."""
+    import time
+
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = serve.status().applications[app_name].deployments["Splitter"].replica_states
+        if set(states) <= {"RUNNING"}:
+            return
+        time.sleep(0.2)
+    log.warning("the previous splitter replicas of %s did not drain in %.0fs", app_name, timeout_s)
 
 
 def start_serving(cfg: PipelineConfig, ray_address: str | None = None) -> str:

@@ -6,9 +6,16 @@ controller, proxy and five replicas take about half a core of a 2-core host from
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from mixrec.pipelines.registry import CHALLENGER, CHAMPION
+
+# Helper modules of these tests (serving_traffic) import by name: --import-mode=importlib puts no test folder on
+# sys.path.
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def tiny_config(workspace, model: str, port: int) -> dict:
@@ -74,3 +81,34 @@ def served(ray_session, tmp_path_factory, free_port, pytestconfig):
     pytestconfig.stash[_STOP_SERVED] = stop
     yield {"first": first, "second": second, "url": url, "client": client, "cfg": cfg}
     stop()
+
+
+
+@pytest.fixture(scope="session")
+def deployed_with(served):
+    """A context manager: the shared app deployed again with ``serve`` settings changed (and ``env`` set, e.g.
+    a token's variable) inside the block; the fixture's own config (and environment) is back after it,
+    whatever happened."""
+    import os
+    from contextlib import contextmanager
+
+    from mixrec.pipelines.config import parse_config
+    from mixrec.serving.server import deploy
+
+    @contextmanager
+    def deployed(env: dict[str, str] | None = None, **serve_settings):
+        saved = {k: os.environ.get(k) for k in env or {}}
+        os.environ.update(env or {})
+        data = served["cfg"].to_dict()
+        data["serve"].update(serve_settings)
+        try:
+            yield deploy(parse_config(data))[1]
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            deploy(served["cfg"])
+
+    return deployed

@@ -78,6 +78,7 @@ def test_unknown_ids_are_scored_with_oov(served):
     ({"user_id": 1}, 422, "items"),
     ({"user_id": 7.5, "items": [1]}, 422, "user_id"),
     ({"user_id": 1, "items": [1, "a"]}, 422, "items"),
+    ({"user_id": 1, "items": [2, 2]}, 422, "distinct"),
     ({"user_id": 1, "items": []}, 422, "items"),
     ({"user_id": -1, "items": [1]}, 422, "user_id"),
     ({"user_id": 1, "items": list(range(51))}, 422, "at most 50 candidates"),

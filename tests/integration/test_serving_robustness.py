@@ -1,6 +1,6 @@
 """The served A/B app under traffic, through real HTTP, real Ray Serve and the real Feast online store:
-live re-weighting, bearer token, item-feature cache refresh, backpressure, a bounded load test, a ranker
-replica killed under load, and `mixrec query --file`. Reuses the session's `served` app (tests/integration/
+live re-weighting, bearer token, item-feature cache refresh, backpressure, a ranker replica killed under
+load, and `mixrec query --file`. Reuses the session's `served` app (tests/integration/
 conftest.py); every test that changes the deployment puts the fixture's config back before it ends."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,74 +16,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from serving_traffic import (  # tests/integration (on sys.path)
+    CONTEXT,
+    Traffic,
+    replica_names,
+    running_replicas,
+)
 
 from mixrec.pipelines.registry import CHALLENGER, CHAMPION
 
 pytestmark = pytest.mark.integration
 
 MIXREC = str(Path(sys.executable).with_name("mixrec"))
-CONTEXT = {"device": 1, "hour": 9}
-
-
-class Traffic:
-    """A background asyncio client: ``concurrency`` loops each POSTing /rank for rotating users until stopped.
-    Records (status, arm, Retry-After) per response and transport errors."""
-
-    def __init__(self, url: str, concurrency: int = 4, items: int = 20, headers: dict | None = None):
-        self.url, self.concurrency, self.items, self.headers = url, concurrency, list(range(1, items + 1)), headers
-        self.results: list[tuple[int, str | None]] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    async def _worker(self, client: httpx.AsyncClient, worker: int) -> None:
-        user = worker
-        while not self._stop.is_set():
-            user += self.concurrency
-            try:
-                r = await client.post("/rank", json={"user_id": user % 997, "items": self.items, "context": CONTEXT})
-                self.results.append((r.status_code, r.json().get("arm") if r.status_code == 200 else r.text))
-            except httpx.HTTPError as err:
-                self.errors.append(repr(err))
-
-    async def _main(self) -> None:
-        async with httpx.AsyncClient(base_url=self.url, timeout=30, headers=self.headers) as client:
-            await asyncio.gather(*(self._worker(client, w) for w in range(self.concurrency)))
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(60)
-        assert not self._thread.is_alive(), "traffic did not stop: a request hung"
-
-    def mark(self) -> int:
-        return len(self.results)
-
-    def wait_for(self, n: int, timeout: float = 60) -> None:
-        deadline = time.time() + timeout
-        while len(self.results) < n and time.time() < deadline:
-            time.sleep(0.05)
-        assert len(self.results) >= n, f"only {len(self.results)} responses in {timeout}s"
-
-    def failures(self) -> list:
-        return [r for r in self.results if r[0] != 200] + self.errors
-
-
-def replica_names(deployment: str) -> set[str]:
-    import ray
-
-    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["name"].startswith(f"SERVE_REPLICA::mixrec#{deployment}#")}
-
-
-def running_replicas(deployment: str) -> int:
-    from ray import serve
-
-    status = serve.status().applications["mixrec"].deployments[deployment]
-    return status.replica_states.get("RUNNING", 0)
 
 
 @pytest.fixture
@@ -192,12 +135,6 @@ def test_item_features_are_cached_and_reloaded_when_the_store_is_materialized(se
         store.write_to_online_store("item_features", original.assign(
             event_timestamp=pd.Timestamp.now(tz="UTC"), created=pd.Timestamp.now(tz="UTC")))
         feast_repo.write_materialized_marker(ws.materialized_marker)
-
-
-def test_bounded_load_on_loopback_has_no_errors(served):
-    with Traffic(served["url"], concurrency=8) as traffic:
-        time.sleep(6)
-    assert len(traffic.results) > 50 and traffic.failures() == []
 
 
 def test_overload_is_answered_503_with_retry_after_and_nothing_hangs(served, restore):
