@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from mixrec.pipelines.cli_args import ConfigOpt, WorkspaceOpt, fail, tracking_config
+from mixrec.pipelines.cli_args import (
+    ConfigOpt,
+    JsonOpt,
+    WorkspaceOpt,
+    echo_json,
+    fail,
+    stdout_to_stderr,
+    tracking_config,
+)
 from mixrec.serving.cli import (
     CandidatesOpt,
     ConcurrencyOpt,
@@ -32,7 +40,7 @@ def promote(version: Annotated[str, typer.Argument(help="model version to make c
             data: Annotated[Path | None, typer.Option(help="held-out Parquet (model columns + label); default: "
                                                       "the workspace's test split")] = None,
             requests: RequestsOpt = 2000, rate: RateOpt = 200.0, concurrency: ConcurrencyOpt = 16,
-            candidates: CandidatesOpt = 20, seed: SeedOpt = 0) -> None:
+            candidates: CandidatesOpt = 20, seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
     """Move `champion` to VERSION if it beats the champion on held-out data (paired bootstrap CIs of the AUC
     and logloss deltas), and with --require-ab also in a simulated A/B test; --force overrides, --dry-run only
     reports."""
@@ -44,8 +52,20 @@ def promote(version: Annotated[str, typer.Argument(help="model version to make c
     cfg = tracking_config(config, workspace)
     gate = ab_gate(simulation_spec(requests, rate, concurrency, candidates, seed, True)) if require_ab else None
     # A refused gate raises PromotionRefused: one line with every reason, exit 1 (see mixrec.cli.errors).
-    out = gated_promote(cfg, version, force=force, online_gate=gate, data=data, reason=reason, dry_run=dry_run,
-                        progress=typer.echo)
+    with stdout_to_stderr(as_json):
+        out = gated_promote(cfg, version, force=force, online_gate=gate, data=data, reason=reason, dry_run=dry_run,
+                            progress=typer.echo)
+    if as_json:
+        echo_json({"model_name": out.model_name, "version": version, "promoted": out.promoted,
+                   "dry_run": out.dry_run, "passed": out.passed, "reasons": out.reasons,
+                   "champion_before": out.champion_before, "offline": out.comparison.flat(),
+                   "online": None if out.online is None else {"passed": out.online.passed,
+                                                             "reasons": out.online.reasons,
+                                                             "run_id": out.online.run_id},
+                   "eval_run_id": out.eval_run_id})
+        if out.dry_run and not out.passed:
+            raise typer.Exit(1)
+        return
     c = out.comparison
     typer.echo(f"  AUC {c.champion_auc:.4f} -> {c.challenger_auc:.4f}, delta {c.auc_delta.estimate:+.4f} "
                f"[{c.auc_delta.low:+.4f}, {c.auc_delta.high:+.4f}]; logloss {c.champion_logloss:.4f} -> "

@@ -24,7 +24,7 @@ from mixrec.pipelines.cli_args import (
 )
 from mixrec.pipelines.errors import RunFailed, Unreachable
 
-from .client import TOKEN_ENV, parse_items, rank, read_requests, served_url
+from .client import TOKEN_ENV, parse_id, parse_items, rank, read_requests, served_url
 from .splitter import normalize_weights, parse_weights
 
 RequestsOpt = Annotated[int, typer.Option(help="simulated requests (one impression each)")]
@@ -68,8 +68,9 @@ def serve(config: ConfigOpt = None, workspace: WorkspaceOpt = None,
     block_until_interrupted(url)
 
 
-def query(user: Annotated[int | None, typer.Option(help="user id")] = None,
-          items: Annotated[str | None, typer.Option(help="comma-separated candidate item ids")] = None,
+def query(user: Annotated[str | None, typer.Option(help="user id (an integer or a string key)")] = None,
+          items: Annotated[str | None, typer.Option(help="comma-separated candidate item ids (integers or strings)")]
+          = None,
           device: Annotated[int | None, typer.Option(help="request context: device")] = None,
           hour: Annotated[int | None, typer.Option(help="request context: hour of day")] = None,
           file: Annotated[Path | None, typer.Option("--file", "-f", help="a batch of requests: JSONL (one request "
@@ -90,7 +91,7 @@ def query(user: Annotated[int | None, typer.Option(help="user id")] = None,
         fail("give either --user and --items, or --file")
     if file is None:
         context = {k: v for k, v in (("device", device), ("hour", hour)) if v is not None}
-        requests = [{"user_id": user, "items": parse_items(items, "--items"), "context": context}]
+        requests = [{"user_id": parse_id(user), "items": parse_items(items, "--items"), "context": context}]
     else:
         requests = read_requests(file)
     base = url or served_url(workspace)
@@ -221,7 +222,7 @@ def score(path: Annotated[Path, typer.Argument(help="Parquet or CSV file, or a f
           version: Annotated[str | None, typer.Option("--version", help="score with this version (not --alias)")] = None,
           batch_size: Annotated[int, typer.Option(min=1, help="rows per model call")] = 4096,
           workers: Annotated[int, typer.Option(min=1, help="scoring actors (each loads the model once)")] = 1,
-          config: ConfigOpt = None, workspace: WorkspaceOpt = None) -> None:
+          config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     """Batch-score candidate rows with a registered version on Ray Data: user and item features from the online
     store, the version's own preprocessing; writes the input's keys and a `score` column, one row per input row."""
     from mixrec.pipelines.config import dataset_schema
@@ -252,6 +253,10 @@ def score(path: Annotated[Path, typer.Argument(help="Parquet or CSV file, or a f
     except (ray.exceptions.RayError, OSError, ValueError) as err:  # a bad row deep in a file: one line, no traceback
         cause = getattr(err, "cause", None) or err
         fail(f"scoring {path} failed: {str(cause).strip().splitlines()[-1][:500]}")
+    if as_json:
+        echo_json({"rows": result.rows, "input": str(path), "output": str(result.output), "model_name": name,
+                   "model_version": result.model_version})
+        return
     typer.echo(f"scored {result.rows:,} rows of {path} with {name} v{result.model_version} -> {result.output}")
 
 

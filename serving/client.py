@@ -26,12 +26,21 @@ def served_url(workspace: Path | str | None) -> str:
     return state["url"]
 
 
-def parse_items(text: str, where: str) -> list[int]:
-    """Candidate item ids from ``"1,5,9"``, ``"1 5 9"`` or ``"1;5;9"``."""
-    try:
-        return [int(x) for x in text.replace(";", ",").replace(" ", ",").split(",") if x.strip()]
-    except ValueError:
-        raise RequestFileError(f"{where} must be comma-separated integers, got {text!r}") from None
+def parse_id(text: str) -> int | str:
+    """An id as typed: decimal digits that fit int64 are sent as a JSON integer, anything else (a hash, a UUID,
+    a 20-digit id) as a string; the server reads either as the dataset's key type."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() and int(text) < 2**63 else text
+
+
+def parse_items(text: str, where: str) -> list[int] | list[str]:
+    """Candidate item ids from ``"1,5,9"``, ``"1 5 9"`` or ``"1;5;9"`` (or string ids such as ``"8dcb419a"``): all
+    integers, or all strings when any id is not an integer (the server takes one kind per request)."""
+    ids = [x for x in text.replace(";", ",").replace(" ", ",").split(",") if x.strip()]
+    if not ids:
+        raise RequestFileError(f"{where} must name at least one item id, got {text!r}")
+    parsed = [parse_id(x) for x in ids]
+    return parsed if all(isinstance(i, int) for i in parsed) else [x.strip() for x in ids]
 
 
 def _csv_requests(path: Path) -> list[dict]:
@@ -44,9 +53,11 @@ def _csv_requests(path: Path) -> list[dict]:
         for line, row in enumerate(reader, start=2):
             try:
                 context = {k: int(v) for k, v in row.items() if k not in ("user_id", "items") and v not in ("", None)}
-                user = int(row["user_id"])
             except (TypeError, ValueError):
-                raise RequestFileError(f"{path}:{line}: user_id and context columns must be integers, got {row}") from None
+                raise RequestFileError(f"{path}:{line}: context columns must be integers, got {row}") from None
+            if not (row.get("user_id") or "").strip():
+                raise RequestFileError(f"{path}:{line}: user_id is empty")
+            user = parse_id(row["user_id"])
             requests.append({"user_id": user, "items": parse_items(row["items"] or "", f"{path}:{line}: items"),
                              "context": context})
     return requests
@@ -69,7 +80,8 @@ def _jsonl_requests(path: Path) -> list[dict]:
 
 def read_requests(path: Path) -> list[dict]:
     """A batch of rank requests from JSONL (one request object a line) or CSV (columns user_id, items as
-    "1,5,9" or "1 5 9", and optional context columns such as device, hour). Errors name the file and line."""
+    "1,5,9" or "1 5 9", ids integers or strings, and optional integer context columns such as device, hour).
+    Errors name the file and line."""
     if not path.is_file():
         raise RequestFileError(f"--file {path}: no such file")
     return _csv_requests(path) if path.suffix.lower() == ".csv" else _jsonl_requests(path)

@@ -183,9 +183,9 @@ def test_cli_rejects_bad_input_with_clear_errors(env, tmp_path):
     proc = subprocess.run([MIXREC, "run", str(bad)], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "train.num_workers" in proc.stderr and "model.nme" in proc.stderr
-    proc = subprocess.run([MIXREC, "query", "--user", "1", "--items", "a,b", "--url", "http://127.0.0.1:9"],
+    proc = subprocess.run([MIXREC, "query", "--user", "1", "--items", " , ", "--url", "http://127.0.0.1:9"],
                           cwd=REPO, env=env, capture_output=True, text=True)
-    assert proc.returncode == 2 and "--items must be comma-separated integers" in proc.stderr
+    assert proc.returncode == 2 and "--items must name at least one item id" in proc.stderr
     proc = subprocess.run([MIXREC, "query", "--user", "1", "--items", "1,2", "--url", "http://127.0.0.1:9"],
                           cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 3 and proc.stderr.startswith("error: cannot reach http://127.0.0.1:9"), proc.stderr

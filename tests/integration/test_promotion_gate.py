@@ -6,6 +6,9 @@ No Ray: the preprocessor is fitted on pandas partials, the versions are register
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -154,6 +157,12 @@ def test_dry_run_reports_the_verdict_and_moves_or_writes_nothing(setup, tmp_path
     assert out.exit_code == 1 and "dry run: gate-model v2 would be refused" in out.output, out.output
     out = CliRunner().invoke(app, ["promote", "2", "--dry-run", "--config", str(lenient)])
     assert out.exit_code == 0 and "dry run: gate-model v2 would be promoted (champion stays v1" in out.output
+    mixrec = str(Path(sys.executable).with_name("mixrec"))
+    proc = subprocess.run([mixrec, "promote", "2", "--dry-run", "--json", "--config", str(lenient)],
+                          capture_output=True, text=True, timeout=300)
+    verdict = json.loads(proc.stdout)  # stdout holds the JSON document alone
+    assert proc.returncode == 0 and (verdict["passed"], verdict["promoted"], verdict["dry_run"]) == (True, False, True)
+    assert verdict["champion_before"] == "1" and "auc_delta_low" in verdict["offline"], verdict
     out = CliRunner().invoke(app, ["promote", "2", "--dry-run", "--force", "--config", str(lenient)])
     assert out.exit_code == 2 and out.output.strip().splitlines() == [
         "error: --dry-run and --force exclude each other: a dry run moves nothing"]

@@ -22,8 +22,9 @@ def test_requests_from_csv_and_jsonl(tmp_path):
 
 @pytest.mark.parametrize(("name", "text", "message"), [
     ("r.csv", "user,items\n1,2\n", "r.csv: missing column(s) ['user_id']"),
-    ("r.csv", "user_id,items\nx,2\n", "r.csv:2: user_id and context columns must be integers"),
-    ("r.csv", "user_id,items\n1,a\n", "r.csv:2: items must be comma-separated integers, got 'a'"),
+    ("r.csv", "user_id,items,device\n1,2,x\n", "r.csv:2: context columns must be integers"),
+    ("r.csv", "user_id,items\n,2\n", "r.csv:2: user_id is empty"),
+    ("r.csv", "user_id,items\n1,\" , \"\n", "r.csv:2: items must name at least one item id"),
     ("r.jsonl", '{"user_id": 1}\n{oops\n', "r.jsonl:2: not valid JSON"),
     ("r.jsonl", "[1, 2]\n", "r.jsonl:1: expected a JSON object"),
 ])
@@ -39,8 +40,17 @@ def test_missing_file_and_bad_items():
     with pytest.raises(RequestFileError, match="no such file"):
         read_requests(Path("/nonexistent/requests.jsonl"))
     assert parse_items("1; 2 ,3", "--items") == [1, 2, 3]
-    with pytest.raises(RequestFileError, match="--items must be comma-separated integers"):
-        parse_items("1,x", "--items")
+    with pytest.raises(RequestFileError, match="--items must name at least one item id"):
+        parse_items(" , ", "--items")
+
+
+def test_ids_are_integers_when_they_are_and_strings_otherwise(tmp_path):
+    assert parse_items("8dcb419a, 00ff", "--items") == ["8dcb419a", "00ff"]
+    assert parse_items("1,8dcb419a", "--items") == ["1", "8dcb419a"]  # one kind per request: all strings
+    assert parse_items("11255030587488208480", "--items") == ["11255030587488208480"]  # wider than int64
+    csv = tmp_path / "r.csv"
+    csv.write_text("user_id,items\n8dcb419a,\"a1,b2\"\n")
+    assert read_requests(csv) == [{"user_id": "8dcb419a", "items": ["a1", "b2"], "context": {}}]
 
 
 def test_weights_pairs():
