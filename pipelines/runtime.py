@@ -99,7 +99,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": worker_env()}
-    if address:
+    if address and _on_loopback(address):
+        # An embedded instance of this host (e.g. the one `mixrec serve` started) runs its node on 127.0.0.1:
+        # a driver that advertised the host's address would wait for a raylet there forever.
+        with _loopback_node():
+            ray.init(address=address, log_to_driver=_verbose, _node_ip_address="127.0.0.1")
+    elif address:
         # Inside a Ray Job the job's runtime_env (shipped code, env vars) applies; don't override it.
         ray.init(address=address, log_to_driver=_verbose)
     else:
@@ -121,6 +126,20 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, object_sto
         for name in ("ray.data", "ray.train", "ray.tune", "ray.serve"):
             logging.getLogger(name).setLevel(logging.WARNING)
     return ray
+
+
+def _on_loopback(address: str) -> bool:
+    """Whether a Ray address (``host:port``, ``ray://host:port``, ``http://host:port``) names this host's loopback."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(address if "://" in address else f"ray://{address}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @contextlib.contextmanager

@@ -51,3 +51,18 @@ def test_every_listener_of_the_embedded_stack_is_on_loopback(served):
     replicas = {pid for pid in _serve_replica_pids(psutil.Process())}
     assert len(replica_grpc) == len(replicas)  # one each, no more
 
+
+
+def test_another_process_joins_the_embedded_instance(ray_session):
+    """A second process (`mixrec ab set-weights`, `mixrec score`) joins the loopback node by its address: its
+    driver must take the loopback node address too, or it waits for a raylet on the host address forever."""
+    import subprocess
+    import sys
+
+    address = ray_session.get_runtime_context().gcs_address
+    script = ("from mixrec.pipelines.runtime import init_ray\n"
+              f"ray = init_ray({address!r})\n"
+              "print(ray.get_runtime_context().gcs_address, ray.cluster_resources()['CPU'])\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[0] == address

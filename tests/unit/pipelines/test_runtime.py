@@ -69,3 +69,10 @@ def test_a_request_that_leaves_a_cpu_for_ray_data_passes(workers, cpus, total):
 def test_the_defaults_fit_a_two_core_machine():
     train = PipelineConfig().train
     check_train_fits(train.num_workers, train.cpus_per_worker, 2.0)
+
+
+@pytest.mark.parametrize("address, loopback", [
+    ("127.0.0.1:6380", True), ("ray://127.0.0.1:10001", True), ("http://localhost:8265", True), ("[::1]:6380", True),
+    ("10.0.0.5:6380", False), ("ray://head.example:10001", False), ("auto", False)])
+def test_loopback_addresses_are_recognised(address, loopback):
+    assert runtime._on_loopback(address) is loopback
