@@ -36,11 +36,13 @@ def free_port():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One private local Ray for the whole run (starting one costs ~10 s). 4 logical CPUs on 2 cores so
-    Serve replicas, Train workers and Ray Data tasks can coexist in one instance."""
+    """One private local Ray for the whole run (starting one costs ~10 s). 6 logical CPUs on 2 cores so
+    Serve replicas, Train workers and Ray Data tasks can coexist in one instance: the shared served app (1.2 CPUs)
+    is up from the first module that uses it, and a Feast retrieval chunk (1 CPU) that runs Ray Data inside
+    itself needs a further CPU free, or it waits forever."""
     from mixrec.pipelines.runtime import init_ray
 
-    ray = init_ray(num_cpus=4)
+    ray = init_ray(num_cpus=6)
     yield ray
     ray.shutdown()
 
