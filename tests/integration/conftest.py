@@ -84,6 +84,20 @@ def served(ray_session, tmp_path_factory, free_port, pytestconfig):
 
 
 
+@pytest.fixture(autouse=True)
+def _served_registry(request):
+    """A test of the served app reads the registry of the served workspace: MLflow's tracking URI is
+    process-wide, and modules that ran since the app was built pointed it at their own stores."""
+    if "served" not in request.fixturenames:
+        return
+    from mixrec.pipelines.registry import setup_tracking
+    from mixrec.pipelines.workspace import Workspace
+
+    cfg = request.getfixturevalue("served")["cfg"]
+    setup_tracking(cfg.registry.tracking_uri, cfg.registry.experiment, Workspace.resolve(cfg.workspace),
+                   cfg.registry.lock_uri)
+
+
 @pytest.fixture(scope="session")
 def deployed_with(served):
     """A context manager: the shared app deployed again with ``serve`` settings changed (and ``env`` set, e.g.

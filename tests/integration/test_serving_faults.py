@@ -96,7 +96,7 @@ def faulty_model(served, tmp_path):
     name, ws = "mixrec-faults", served["first"].workspace
     local = mlflow.artifacts.download_artifacts("models:/mixrec-ranker/1", dst_path=str(tmp_path / "dl"))
     ckpt = tmp_path / "ckpt"
-    shutil.copytree(f"{local}/artifacts/checkpoint", ckpt)
+    shutil.copytree(f"{local}/data/checkpoint", ckpt)  # the model's data_path
     example = pd.read_parquet(ws.holdout_path).head(5)[list(SYNTHETIC_SCHEMA.model_columns)]
     with mlflow.start_run(run_name="faults"):
         versions = [pyfunc.log_and_register(ckpt, example, name).version for _ in range(2)]
