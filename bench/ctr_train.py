@@ -1,0 +1,158 @@
+"""The training loop, metrics and tables shared by the quality benchmarks (``frappe_quality.py``,
+``synthetic_quality.py``) — not a test, not part of the package.
+
+FuxiCTR/BARS-style protocol: Adam, BCE (+ the model's auxiliary loss) + L2 on the embedding table
+(``emb_reg / 2 · ‖E‖²``, FuxiCTR's ``embedding_regularizer``), optional decoupled weight decay on the other
+parameters; at the end of each epoch lr × 0.1 when validation AUC did not improve, stop after ``patience``
+epochs without improvement, and test the best-validation weights. Every epoch's train loss and validation
+AUC/logloss are kept (the curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# A split: (categorical [N, n_id_columns] int64, dense [N, n_dense] float32 or None, label [N] float32)
+Split = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
+
+
+def add_training_args(p: argparse.ArgumentParser, max_epochs: int = 30) -> None:
+    p.add_argument("--max-epochs", type=int, default=max_epochs)
+    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW-style decay on non-embedding weights")
+    p.add_argument("--emb-reg", type=float, default=None, help="override the per-model embedding L2")
+    p.add_argument("--emb-init", type=float, default=None, help="re-initialise the embedding table N(0, std²)")
+    p.add_argument("--override", default="{}", help="JSON dict of model kwargs overriding the preset")
+    p.add_argument("--variant", default="", help="a label for this variant in the results (e.g. an ablation arm)")
+    p.add_argument("--seed", type=int, default=2021)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--results", default=None, help="append one JSON line per model here")
+    p.add_argument("--table-only", action="store_true", help="print the table of --results and exit")
+
+
+def auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC with average ranks for ties."""
+    order = np.argsort(p, kind="mergesort")
+    _, inv, counts = np.unique(p[order], return_inverse=True, return_counts=True)
+    ranks = np.empty(len(p), dtype=np.float64)
+    ranks[order] = (np.cumsum(counts) - (counts - 1) / 2.0)[inv]
+    npos = y.sum()
+    nneg = len(y) - npos
+    return float((ranks[y == 1].sum() - npos * (npos + 1) / 2) / (npos * nneg))
+
+
+@torch.no_grad()
+def evaluate(model, split: Split, bs: int = 16384) -> tuple[float, float]:
+    """(AUC, logloss) of ``model`` on ``split``."""
+    cat, dense, y = split
+    model.eval()
+    logits = torch.cat([model(cat[i:i + bs], None if dense is None else dense[i:i + bs])
+                        for i in range(0, len(cat), bs)])
+    ll = F.binary_cross_entropy_with_logits(logits, y).item()
+    return auc(y.numpy(), torch.sigmoid(logits).double().numpy()), ll
+
+
+def _optimizer(model, args) -> torch.optim.Optimizer:
+    table = model.embedding.table.weight
+    others = [p for p in model.parameters() if p is not table]
+    groups = [{"params": [table], "weight_decay": 0.0},
+              {"params": others, "weight_decay": args.weight_decay}]
+    return torch.optim.AdamW(groups, lr=args.lr) if args.weight_decay else torch.optim.Adam(groups, lr=args.lr)
+
+
+def fit(name: str, model, emb_reg: float, data: dict[str, Split], args) -> dict:
+    """Train with early stopping on validation AUC, test the best weights; one result row."""
+    table = model.embedding.table.weight
+    if args.emb_init is not None:
+        with torch.no_grad():
+            table.normal_(std=args.emb_init)
+    opt = _optimizer(model, args)
+    xtr, dtr, ytr = data["train"]
+    n = len(xtr)
+    best, best_state, bad, lr = -1.0, None, 0, args.lr
+    samples, train_time, curves = 0, 0.0, []
+    for epoch in range(args.max_epochs):
+        model.train()
+        perm = torch.randperm(n)
+        t0, loss_sum, batches = time.perf_counter(), 0.0, 0
+        for i in range(0, n, args.batch_size):
+            idx = perm[i:i + args.batch_size]
+            logits = model(xtr[idx], None if dtr is None else dtr[idx], labels=ytr[idx])
+            bce = F.binary_cross_entropy_with_logits(logits, ytr[idx])
+            loss = bce + model.auxiliary_loss(ytr[idx])
+            if emb_reg:
+                loss = loss + emb_reg / 2 * table.pow(2).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            samples += len(idx)
+            loss_sum, batches = loss_sum + bce.item(), batches + 1
+        train_time += time.perf_counter() - t0
+        vauc, vll = evaluate(model, data["valid"])
+        curves.append({"epoch": epoch + 1, "lr": lr, "train_logloss": loss_sum / batches,
+                       "valid_auc": vauc, "valid_logloss": vll})
+        extra = model.routing_stats() if getattr(model, "routing_stats", None) else {}
+        print(f"[{name}] epoch {epoch + 1} lr {lr:.0e} train logloss {loss_sum / batches:.5f} valid AUC {vauc:.5f} "
+              f"logloss {vll:.5f} ({train_time:.0f}s) {json.dumps(extra) if extra else ''}", flush=True)
+        if vauc > best:
+            best, bad = vauc, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= args.patience:
+                break
+            lr *= 0.1
+            for g in opt.param_groups:
+                g["lr"] = lr
+    model.load_state_dict(best_state)
+    tauc, tll = evaluate(model, data["test"])
+    print(f"[{name}] TEST AUC {tauc:.5f} logloss {tll:.5f}", flush=True)
+    return dict(model=name, variant=args.variant, seed=args.seed, emb_reg=emb_reg,
+                weight_decay=args.weight_decay, params=model.num_parameters(),
+                mflops=model.flops_per_example() / 1e6, valid_auc=best, test_auc=tauc, test_logloss=tll,
+                samples_per_s=samples / max(train_time, 1e-9), epochs=len(curves), curves=curves)
+
+
+def append(path: str | None, row: dict) -> None:
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def read(path: str) -> list[dict]:
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def _mean_std(values: list[float], digits: int) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def table(rows: list[dict], extra: dict[str, callable] | None = None) -> str:
+    """One line per (model, variant): mean ± sample std over its seeds. ``extra``: column -> f(rows)."""
+    extra = extra or {}
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r.get("variant", "")), []).append(r)
+    head = ["model", "variant", "seeds", "params", "MFLOPs/example", "test AUC", "test logloss", *extra,
+            "train samples/s", "epochs"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for (model, variant), g in groups.items():
+        cells = [model, variant or "preset", str(len(g)), f"{g[0]['params']:,}", f"{g[0]['mflops']:.3f}",
+                 _mean_std([r["test_auc"] for r in g], 4), _mean_std([r["test_logloss"] for r in g], 4),
+                 *(f(g) for f in extra.values()),
+                 f"{statistics.mean(r['samples_per_s'] for r in g):,.0f}",
+                 "/".join(str(r["epochs"]) for r in g)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
