@@ -241,8 +241,11 @@ class RankingModel(nn.Module):
         return loss
 
     # ------------------------------------------------------------------ counts
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def num_parameters(self, embeddings: bool = True) -> int:
+        """Parameter count; ``embeddings=False`` leaves out the embedding table (the non-embedding count
+        that scaling laws are usually fitted against, since the table grows with the vocabulary, not the model)."""
+        table = None if embeddings else self.embedding.table.weight
+        return sum(p.numel() for p in self.parameters() if p is not table)
 
     def flops_per_example(self) -> int:
         """Analytic forward FLOPs per example of the inference (eval) forward; multiply-add = 2.

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-AXES = (("parameters", "parameters"), ("training_flops", "training FLOPs"))  # (results column, plot label)
+# (results column, plot label); results written before a column existed are fitted on the others
+AXES = (("parameters", "parameters"), ("dense_parameters", "non-embedding parameters"),
+        ("training_flops", "training FLOPs"))
+
+
+def _axes(results: pd.DataFrame) -> list[tuple[str, str]]:
+    return [(axis, label) for axis, label in AXES if axis in results and results[axis].notna().any()]
 
 
 def _no_fit(n: int, note: str) -> dict:
@@ -43,7 +49,7 @@ def analyse(results: pd.DataFrame, flops_budget: float | None) -> dict:
     fits = {}
     for arch, g in done.groupby("arch"):
         fits[arch] = {axis: fit_power_law(g[axis].to_numpy(float), g["valid_logloss"].to_numpy(float))
-                      for axis, _ in AXES}
+                      for axis, _ in _axes(done)}
     eligible = done if flops_budget is None else done[done["flops_per_example"] <= flops_budget]
     pick = None
     if len(eligible):
@@ -62,7 +68,7 @@ def plot(results: pd.DataFrame, analysis: dict, out_dir: Path) -> list[Path]:
 
     done = results[results["status"] == "finished"]
     paths = []
-    for axis, label in AXES:
+    for axis, label in _axes(done):
         fig, ax = plt.subplots(figsize=(6, 4))
         for arch, g in done.groupby("arch"):
             g = g.sort_values(axis)

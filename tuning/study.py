@@ -147,7 +147,8 @@ def run_study(study: StudyConfig, resume: bool = False, progress=print, mode: st
         for p in todo:
             model = build_model(p["arch"], layout, **p["kwargs"])
             row = {"id": p["id"], "arch": p["arch"], "kwargs": p["kwargs"], "data_fraction": p["fraction"],
-                   "parameters": model.num_parameters(), "flops_per_example": model.flops_per_example()}
+                   "parameters": model.num_parameters(),
+                   "dense_parameters": model.num_parameters(embeddings=False), "flops_per_example": model.flops_per_example()}
             t0 = time.perf_counter()
             _run_point(study, p, row, trainable, train_rows, out_dir)
             row["seconds"] = round(time.perf_counter() - t0, 1)

@@ -73,6 +73,8 @@ def test_config_roundtrip_and_counts(name):
     with torch.no_grad():
         assert torch.allclose(model(cat, dense), again(cat, dense))
     assert model.num_parameters() == sum(p.numel() for p in model.parameters()) > 0
+    table = model.embedding.table.weight.numel()
+    assert model.num_parameters(embeddings=False) == model.num_parameters() - table > 0
     assert model.flops_per_example() > 0
 
 

@@ -48,3 +48,11 @@ def test_analyse_fits_each_axis_and_picks_the_best_within_the_budget(tmp_path):
     paths = plot(_results(), analysis, tmp_path)
     assert [p.name for p in paths] == ["scaling_parameters.png", "scaling_training_flops.png"]
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_non_embedding_parameters_are_an_axis_when_the_results_have_them(tmp_path):
+    results = _results().assign(dense_parameters=lambda d: d["parameters"] / 10)
+    analysis = analyse(results, flops_budget=None)
+    assert set(analysis["fits"]["dnn"]) == {"parameters", "dense_parameters", "training_flops"}
+    assert analysis["fits"]["dnn"]["dense_parameters"]["points"] == 4
+    assert "scaling_dense_parameters.png" in [p.name for p in plot(results, analysis, tmp_path)]

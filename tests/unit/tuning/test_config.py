@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -49,3 +51,10 @@ def test_points_cover_the_grid_with_stable_ids():
     assert [p["id"] for p in got] == ["rankmixer[d_model=8-num_layers=1]@0.5", "rankmixer[d_model=8-num_layers=1]@1",
                                       "rankmixer[d_model=16-num_layers=1]@0.5", "rankmixer[d_model=16-num_layers=1]@1"]
     assert got[0]["kwargs"] == {"num_tokens": 2, "d_model": 8, "num_layers": 1} and got[0]["fraction"] == 0.5
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[3] / "configs").glob("study_*.yaml")),
+                         ids=lambda p: p.name)
+def test_the_shipped_studies_parse_and_every_point_builds(path):
+    study = load_study(path)
+    assert len(points(study)) >= 2
