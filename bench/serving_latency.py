@@ -178,6 +178,49 @@ def stages(cfg, ws, version: str, users: np.ndarray, items: list[int], n: int = 
     return out
 
 
+def empty_serve_hops(port: int, args, users: np.ndarray, items: list[int]) -> list[dict]:
+    """The same requests to two Serve apps that do no work (parse the body, answer every item with score 0.5):
+    proxy -> ingress, and proxy -> ingress -> a second deployment (the splitter -> ranker hop); the replicas
+    get the mixrec app's logical CPUs. What Ray Serve itself costs per request on this host, in this run."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.25})
+    class Inner:
+        async def rank(self, user_id, item_ids, context) -> dict:
+            return {"user_id": user_id, "ranked": [{"item_id": i, "score": 0.5} for i in item_ids]}
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1})
+    @serve.ingress(api)
+    class Ingress:
+        def __init__(self, inner=None):
+            self.inner = inner
+
+        @api.post("/rank")
+        async def rank(self, request: Request) -> Response:
+            body = json.loads(await request.body())
+            if self.inner is None:
+                answer = {"user_id": body["user_id"], "ranked": [{"item_id": i, "score": 0.5} for i in body["items"]]}
+            else:
+                answer = await self.inner.rank.remote(body["user_id"], body["items"], body.get("context", {}))
+            return Response(json.dumps(answer), media_type="application/json")
+
+    rows = []
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        for name, app in (("empty Serve app: proxy -> ingress", Ingress.bind()),
+                          ("empty Serve app: proxy -> ingress -> 2nd deployment", Ingress.bind(Inner.bind()))):
+            prefix = "/hop1" if "2nd" not in name else "/hop2"
+            serve.run(app, name=prefix[1:], route_prefix=prefix)
+            rows.append(measure(name, f"http://127.0.0.1:{port}{prefix}", args, users, items))
+    finally:
+        serve.shutdown()
+    return rows
+
+
 # --- the plain FastAPI + uvicorn baseline (run as a subprocess of this script) -------------------------------
 
 def plain_app(workspace: str, model_name: str, version: str):
@@ -286,6 +329,10 @@ def main() -> None:
             rows.append(measure(name, url, args, users, items))
         finally:
             stop_serving()
+    try:
+        rows.extend(empty_serve_hops(free_port(), args, users, items))
+    except Exception as err:  # the main rows stand without these
+        print(f"empty Serve apps not measured: {type(err).__name__}: {err}", flush=True)
     port = free_port()
     proc = start_plain_server(workspace, cfg.registry.model_name, version, port)
     try:

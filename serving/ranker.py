@@ -62,7 +62,7 @@ class Ranker:
             raise result  # the splitter answers 503 + Retry-After
         return result
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def rank_batch(self, requests: list[RankQuery]) -> list[dict | FeatureStoreUnavailable]:
         return self.score_requests(requests)
 
