@@ -187,13 +187,19 @@ class ServeConfig(_Section):
     request_timeout_s: float = Field(30.0, gt=0.0, description="a /rank request not scored within this many "
                                      "seconds is answered 503 with Retry-After")
     batch_max_size: int = Field(16, ge=1, description="@serve.batch: requests scored in one forward pass")
-    batch_wait_timeout_s: float = Field(0.002, ge=0.0, description="@serve.batch: wait this long to fill a batch")
+    batch_wait_timeout_s: float = Field(0.002, ge=0.0, description="@serve.batch: wait this long to fill a batch "
+                                        "(0: smaller batches, fewer QPS in bench/serving_latency.py)")
     item_cache: bool = Field(True, description="cache item features in each ranker replica; false reads every "
                              "feature from Feast per request (the benchmark's uncached baseline)")
     item_cache_ttl_s: float = Field(300.0, gt=0.0, description="reload the replica's item-feature table at least "
                                     "this often, even without a new materialization marker")
     item_cache_check_s: float = Field(1.0, gt=0.0, description="how often a replica looks at the materialization "
                                       "marker (a file stat)")
+    user_cache_ttl_s: float = Field(30.0, ge=0.0, description="keep a user's online features in the ranker replica "
+                                    "for at most this many seconds after reading them (0: read Feast per request); "
+                                    "all are dropped as soon as the materialization marker changes")
+    user_cache_size: int = Field(100_000, ge=1, description="users whose features a ranker replica keeps at most "
+                                 "(the least recently used are dropped first)")
 
     @field_validator("arms")
     @classmethod

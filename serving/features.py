@@ -12,6 +12,13 @@ features within ``check_s`` + one table load (about 0.1 s per 1,000 items from t
 bypass the marker (a ``feast materialize`` run by hand, another writer of the online store) are picked up by
 the TTL reload: at most ``ttl_s`` + one load stale. Until a reload succeeds a replica keeps serving the table it
 has; its health check fails once that table is older than twice the TTL, so Serve replaces it.
+
+Staleness bound of the cached user features (:class:`CachedUserFeatures`): a user's row is read from Feast on
+a miss and kept for at most ``serve.user_cache_ttl_s`` seconds (30), for at most ``serve.user_cache_size`` users
+(100,000; least recently used dropped first). The replica stats the materialization marker once per batch and
+drops every cached user when it changed, so after a materialization by mixrec no request is scored with the
+previous user features; a write that bypasses the marker is served at most ``user_cache_ttl_s`` late.
+``user_cache_ttl_s: 0`` reads every user from Feast per request, as before.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +172,56 @@ class UncachedItemFeatures:
 
     def age_s(self) -> float:
         return 0.0
+
+
+class CachedUserFeatures:
+    """User features by user id, read on a miss and kept for at most ``ttl_s`` seconds, for at most ``size``
+    users, all dropped when the materialization marker changes (see the module docstring). ``ttl_s == 0``:
+    every lookup reads. Used from one thread (the replica's batch handler).
+
+    ``read``: distinct ids (k,) -> (k, F) object features, e.g. :func:`online_matrix` on the user source;
+    ``clock``: seconds, monotonic."""
+
+    def __init__(self, read: Callable[[np.ndarray], np.ndarray], marker: Path, ttl_s: float, size: int,
+                 clock: Callable[[], float] = time.monotonic):
+        self.read, self.marker, self.ttl_s, self.size, self.clock = read, marker, ttl_s, size, clock
+        self.rows: OrderedDict[int | str, tuple[float, np.ndarray]] = OrderedDict()  # id -> (read at, (F,) row)
+        self.stamp = marker_stamp(marker)
+        self.hits = self.misses = 0
+
+    def lookup(self, users: np.ndarray) -> np.ndarray:
+        """(U,) distinct ids of the key's type -> (U, F) features, with one read of the misses (none when all
+        hit). A failed read raises what ``read`` raises (:class:`FeatureStoreUnavailable`); nothing is cached
+        from it."""
+        if self.ttl_s <= 0 or len(users) == 0:
+            self.misses += len(users)
+            return self.read(users)
+        stamp = marker_stamp(self.marker)  # before the read: a materialization meanwhile clears the next lookup
+        if stamp != self.stamp:
+            self.rows.clear()
+            self.stamp = stamp
+        now, keys = self.clock(), users.tolist()
+        found = [self.rows.get(key) for key in keys]
+        missing = [i for i, hit in enumerate(found) if hit is None or now - hit[0] >= self.ttl_s]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        fresh = self.read(users[missing]) if missing else None
+        out = np.empty((len(keys), fresh.shape[1] if fresh is not None else len(found[0][1])), dtype=object)
+        for i, hit in enumerate(found):
+            if hit is not None and now - hit[0] < self.ttl_s:
+                out[i] = hit[1]
+                self.rows.move_to_end(keys[i])
+        if missing:
+            out[missing] = fresh
+            for i, row in zip(missing, fresh, strict=True):
+                self.rows[keys[i]] = (now, row)
+                self.rows.move_to_end(keys[i])
+            while len(self.rows) > self.size:
+                self.rows.popitem(last=False)
+        return out
+
+    def info(self) -> dict:
+        return {"users": len(self.rows), "hits": self.hits, "misses": self.misses}
 
 
 def request_frame(schema: DatasetSchema, users: np.ndarray, lengths: np.ndarray, items: np.ndarray,

@@ -11,6 +11,7 @@ an error. Overload, an unavailable online feature store and a request not scored
 
 # No `from __future__ import annotations`: FastAPI must see the real request/response types.
 import asyncio
+import json
 import logging
 import time
 
@@ -20,7 +21,7 @@ import ray
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
@@ -42,6 +43,16 @@ api = FastAPI(title="mixrec ranker", description="Rank candidate items for a use
 async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
     """Any route's parameter errors, without the echoed input (FastAPI's default echoes it)."""
     return JSONResponse({"detail": validation_errors(err)}, status_code=422)
+
+
+def ranked_json(result: dict) -> Response | dict:
+    """A ranker's answer as the JSON body (one ``json.dumps``: the ranker built it as plain ints, strings and
+    floats), instead of FastAPI validating 200 items against ``RankResponse`` again; a non-finite score (not
+    JSON) goes FastAPI's way (``null``)."""
+    try:
+        return Response(json.dumps(result, separators=(",", ":"), allow_nan=False), media_type="application/json")
+    except ValueError:
+        return result
 
 
 # Ranker replicas that die mid-request (a crash, a node lost): the request is idempotent, so it is retried once.
@@ -117,7 +128,7 @@ class Splitter:
                          415: {"description": "content type other than application/json"},
                          503: {"description": "overloaded, feature store unavailable or timed out; "
                                               "retry after the Retry-After header's seconds"}})
-    async def rank(self, request: Request, credentials: Credentials) -> dict:
+    async def rank(self, request: Request, credentials: Credentials) -> Response | dict:
         check_bearer(credentials, self.token_sha256)  # before a byte of the body is read
         raw = await read_body(request, self.settings.max_body_bytes)
         body = parse_rank_request(raw, request.headers.get("content-type"))
@@ -127,7 +138,7 @@ class Splitter:
         for attempt in range(2):
             response = self.rankers[arm].rank.remote(body.user_id, body.items, body.context)
             try:
-                return await asyncio.wait_for(response, max(deadline - time.monotonic(), 0.0))
+                return ranked_json(await asyncio.wait_for(response, max(deadline - time.monotonic(), 0.0)))
             except TimeoutError:
                 response.cancel()
                 raise self._unavailable(f"arm {arm}: not scored within {self.settings.request_timeout_s}s "

@@ -1,7 +1,7 @@
 """The Ranker deployment: one registered model version scoring candidates for users.
 
-A replica caches the item features (see :mod:`mixrec.serving.features` for the staleness bound), fetches the
-user features per request from Feast, and scores several requests in one forward pass (``@serve.batch``):
+A replica caches the item features and the user features it has read (see :mod:`mixrec.serving.features` for
+both staleness bounds), reads the users it has not cached from Feast, and scores several requests in one forward pass (``@serve.batch``):
 raw feature rows -> the version's own preprocessing -> :class:`~mixrec.models.batch.Batch` -> the model.
 """
 
@@ -18,6 +18,7 @@ from mixrec.models.batch import Batch
 
 from .features import (
     CachedItemFeatures,
+    CachedUserFeatures,
     FeatureStoreUnavailable,
     UncachedItemFeatures,
     online_matrix,
@@ -50,6 +51,8 @@ class Ranker:
         self.items = (CachedItemFeatures(ws.feast_repo, self.schema, ws.materialized_marker, s.item_cache_ttl_s,
                                          s.item_cache_check_s)
                       if s.item_cache else UncachedItemFeatures(self.store, self.schema))
+        self.users = CachedUserFeatures(lambda keys: online_matrix(self.store, self.schema, "user", keys),
+                                        ws.materialized_marker, s.user_cache_ttl_s, s.user_cache_size)
         self.rank_batch.set_max_batch_size(s.batch_max_size)
         self.rank_batch.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
 
@@ -74,14 +77,15 @@ class Ranker:
         return [self.score_requests([r])[0] for r in requests]  # the failure path only: one read per request
 
     def score_batch(self, requests: list[RankQuery]) -> list[dict]:
-        """B requests -> B responses with one Feast user read, one item-table lookup and one forward pass."""
+        """B requests -> B responses with one user-feature lookup (a Feast read for the users not cached), one
+        item-table lookup and one forward pass."""
         schema = self.schema
         users = schema.key_array(schema.user_key, [r[0] for r in requests])
         lengths = np.array([len(r[1]) for r in requests])
         sent = np.concatenate([np.asarray(r[1], dtype=object) for r in requests])  # echoed back as sent
         items = schema.key_array(schema.item_key, sent)
         unique_users, inverse = np.unique(users, return_inverse=True)
-        user_features = online_matrix(self.store, schema, "user", unique_users)[inverse]
+        user_features = self.users.lookup(unique_users)[inverse]
         frame = request_frame(schema, users, lengths, items, [r[2] for r in requests], user_features,
                               self.items.lookup(items))
         scores = self.score(Batch.from_arrays(self.preprocessor.transform(frame)))
@@ -110,6 +114,7 @@ class Ranker:
             raise RuntimeError(f"item features not refreshed for {self.items.age_s():.0f}s (ttl {ttl}s)")
 
     def cache_info(self) -> dict:
-        """For tests and operators: how old the item table is and how often it was reloaded."""
+        """For tests and operators: how old the item table is and how often it was reloaded; the user cache's
+        size, hits and misses."""
         return {"age_s": self.items.age_s(), "reloads": getattr(self.items, "reloads", 0),
-                "items": int(len(getattr(getattr(self.items, "table", None), "ids", [])))}
+                "items": int(len(getattr(getattr(self.items, "table", None), "ids", []))), "user_cache": self.users.info()}

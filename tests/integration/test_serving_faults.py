@@ -45,7 +45,8 @@ def _user_rows_key(store, user: int) -> bytes:
 @pytest.fixture
 def corrupt_user_row(served):
     """Overwrite the stored feature values of one user in the real sqlite online store with bytes that are
-    no protobuf; the original values are written back afterwards."""
+    no protobuf; the original values are written back afterwards. Each write rewrites the materialization
+    marker, as a materialization does, so that replicas drop the user features they cached."""
     from mixrec.features import feast_repo
 
     ws = served["first"].workspace
@@ -56,12 +57,14 @@ def corrupt_user_row(served):
         saved = db.execute(f'SELECT feature_name, value FROM "{table}" WHERE entity_key = ?', (key,)).fetchall()
         assert saved, f"user {BROKEN_USER} has no online features"
         db.execute(f'UPDATE "{table}" SET value = ? WHERE entity_key = ?', (b"\xff" * 8, key))
+    feast_repo.write_materialized_marker(ws.materialized_marker)
     try:
         yield
     finally:
         with sqlite3.connect(ws.online_store_db) as db:
             db.executemany(f'UPDATE "{table}" SET value = ? WHERE entity_key = ? AND feature_name = ?',
                            [(value, key, name) for name, value in saved])
+        feast_repo.write_materialized_marker(ws.materialized_marker)
 
 
 def test_an_online_store_failure_is_503_for_its_requests_only(served, corrupt_user_row):

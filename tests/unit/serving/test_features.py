@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mixrec.features.schema import SYNTHETIC_SCHEMA as schema
-from mixrec.serving.features import ItemTable, request_frame, to_float
+from mixrec.serving.features import FeatureStoreUnavailable, ItemTable, request_frame, to_float
 
 
 def table(ids, values) -> ItemTable:
@@ -59,3 +59,91 @@ def test_lookup_by_string_ids_the_way_the_ranker_coerces_them():
     got = t.lookup(sent)  # an int 17 is the string id "17"; "ffff" is unknown
     row = {v: i for i, v in enumerate(ids.tolist())}
     np.testing.assert_array_equal(got[:, 0], [4.0 * row["00000042"], 4.0 * row["17"], np.nan, 4.0 * row["8dcb419a"]])
+
+
+class Reader:
+    """User features as a function of the id and a version (what the online store holds now); records reads."""
+
+    def __init__(self):
+        self.version, self.reads = 0, []
+
+    def __call__(self, keys: np.ndarray) -> np.ndarray:
+        self.reads.append(keys.tolist())
+        return np.array([[k * 10 + self.version, "a"] for k in keys.tolist()], dtype=object).reshape(len(keys), 2)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def user_cache(tmp_path, ttl_s=30.0, size=100):
+    from mixrec.serving.features import CachedUserFeatures
+
+    read, clock, marker = Reader(), Clock(), tmp_path / "materialized.json"
+    marker.write_text("{}")
+    return CachedUserFeatures(read, marker, ttl_s, size, clock=clock), read, clock, marker
+
+
+def test_user_cache_reads_only_the_users_it_has_not_cached(tmp_path):
+    cache, read, _, _ = user_cache(tmp_path)
+    first = cache.lookup(np.array([3, 1]))
+    assert first.tolist() == [[30, "a"], [10, "a"]]
+    got = cache.lookup(np.array([1, 7, 3]))
+    assert got.tolist() == [[10, "a"], [70, "a"], [30, "a"]] and got.shape == (3, 2)
+    assert read.reads == [[3, 1], [7]]
+    cache.lookup(np.array([7, 1, 3]))
+    assert read.reads == [[3, 1], [7]] and cache.info() == {"users": 3, "hits": 5, "misses": 3}
+
+
+def test_a_cached_user_is_read_again_once_older_than_the_ttl(tmp_path):
+    cache, read, clock, _ = user_cache(tmp_path, ttl_s=30.0)
+    cache.lookup(np.array([1]))
+    read.version = 1  # the online store changed, without a new materialization marker
+    clock.now += 29.9
+    assert cache.lookup(np.array([1])).tolist() == [[10, "a"]]  # within the bound: the cached row
+    clock.now += 0.1
+    assert cache.lookup(np.array([1])).tolist() == [[11, "a"]] and read.reads == [[1], [1]]
+
+
+def test_a_new_materialization_marker_drops_every_cached_user(tmp_path):
+    import os
+
+    cache, read, _, marker = user_cache(tmp_path)
+    cache.lookup(np.array([1, 2]))
+    read.version = 1
+    stat = marker.stat()
+    os.utime(marker, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # the pipeline rewrote it
+    assert cache.lookup(np.array([2, 1])).tolist() == [[21, "a"], [11, "a"]] and read.reads == [[1, 2], [2, 1]]
+
+
+def test_the_user_cache_keeps_at_most_size_users_least_recently_used_dropped(tmp_path):
+    cache, read, _, _ = user_cache(tmp_path, size=2)
+    cache.lookup(np.array([1, 2]))
+    cache.lookup(np.array([1]))  # 2 is now the least recently used
+    cache.lookup(np.array([3]))
+    assert list(cache.rows) == [1, 3]
+    cache.lookup(np.array([1, 2]))
+    assert read.reads[-1] == [2]
+
+
+def test_ttl_zero_reads_every_lookup_and_a_failed_read_caches_nothing(tmp_path):
+    cache, read, _, _ = user_cache(tmp_path, ttl_s=0.0)
+    cache.lookup(np.array([1]))
+    cache.lookup(np.array([1]))
+    assert read.reads == [[1], [1]] and not cache.rows
+
+    cache, read, _, _ = user_cache(tmp_path)
+
+    def failing(keys):
+        raise FeatureStoreUnavailable("down")
+
+    cache.read = failing
+    with pytest.raises(FeatureStoreUnavailable):
+        cache.lookup(np.array([4]))
+    assert not cache.rows
+    cache.read = read
+    assert cache.lookup(np.array([4])).tolist() == [[40, "a"]]
