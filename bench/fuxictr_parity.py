@@ -78,6 +78,7 @@ def fuxictr_side(args) -> dict:
         np.savez(paths[split], **{c: np.asarray(encoded[c]) for c in FIELDS},
                  label=np.asarray(columns["label"], dtype=np.float32))
     feature_map = processor.feature_map
+    feature_map.default_emb_dim = MODEL["embedding_dim"]  # what FeatureMap.load sets from the model params
 
     class DCNv2(BaseModel):
         """FuxiCTR's model-zoo DCNv2 (parallel, full rank), composed of the wheel's core and layers."""
@@ -148,21 +149,24 @@ def mixrec_side(args, work: Path) -> dict:
     if done.returncode:
         sys.exit(f"mixrec run failed ({done.returncode}):\n{done.stderr[-4000:]}")
     result = json.loads(done.stdout)
+    run_id = json.loads((work / "ws" / "artifacts" / "last_run.json").read_text())["run_id"]
 
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{work / 'ws' / 'mlflow.db'}")
-    run = client.get_run(result["run_id"])
+    run = client.get_run(run_id)
     train_run = client.search_runs([run.info.experiment_id],
-                                   filter_string=f"tags.mlflow.parentRunId = '{result['run_id']}'")[0]
+                                   filter_string=f"tags.mlflow.parentRunId = '{run_id}'")[0]
     history = sorted(client.get_metric_history(train_run.info.run_id, "train_global_samples_per_s"),
                      key=lambda m: m.step)
     params = train_run.data.params
     return {"side": "mixrec", "epochs": args.epochs, "batch_size": args.batch_size,
             "train_rows": int(run.data.metrics["rows_train_rows"]), "num_workers": int(params["train.num_workers"]),
             "cpus_per_worker": float(params["train.cpus_per_worker"]),
-            "samples_per_s": [m.value for m in history], "test_auc": run.data.metrics["test_auc"],
-            "test_logloss": run.data.metrics["test_logloss"],
+            "samples_per_s": [m.value for m in history], "test_auc": result["metrics"]["test_auc"],
+            "test_logloss": result["metrics"]["test_logloss"],
+            "valid_calibration_by_epoch": [m.value for m in sorted(client.get_metric_history(
+                train_run.info.run_id, "valid_calibration"), key=lambda m: m.step)],
             "test_calibration": run.data.metrics["test_calibration"],
             "train_step_seconds": run.data.metrics.get("step_seconds_train")}
 
