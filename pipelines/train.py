@@ -135,8 +135,9 @@ class TrainWorker:
             stats = self.train_epoch(epoch)
             # BatchNorm statistics of the epoch's final weights, dropout off: what evaluation and the
             # checkpoint use (pipelines/precise_bn.py); not counted in the epoch's training time
-            recompute_batch_norm(self.model, self.recent_batches, distributed=self.distributed)
-            self.recent_batches.clear()
+            if self.recent_batches.maxlen:
+                recompute_batch_norm(self.model, self.recent_batches, distributed=self.distributed)
+                self.recent_batches.clear()
             workers = self._all_gather((stats.samples, stats.seconds))
             stats.global_samples_per_s = sum(n for n, _ in workers) / max(max(s for _, s in workers), 1e-9)
             self.skip_steps = 0  # only the epoch a restart lands in resumes mid-way
