@@ -86,7 +86,10 @@ def ray_train_ratio(model_name: str, kwargs: dict, rows: int, batch: int) -> dic
     from mixrec.pipelines.runtime import init_ray
     from mixrec.pipelines.train import train
 
-    ray = init_ray()
+    threads = torch.get_num_threads()
+    # The one Train worker holds `threads` CPUs (the bare loop's threads) and Ray Data needs a CPU of its own to
+    # feed it (the trainer refuses less): a logical CPU more than the threads, on the same cores.
+    ray = init_ray(num_cpus=threads + 1)
     t = generate(num_events=rows, num_users=2000, num_items=1000, days=7, seed=1)
     frame = t.events.merge(t.users.drop_duplicates("user_id"), on="user_id", suffixes=("", "_u")).merge(
         t.items, on="item_id", suffixes=("", "_i"))[list(schema.required_columns)]
@@ -94,7 +97,6 @@ def ray_train_ratio(model_name: str, kwargs: dict, rows: int, batch: int) -> dic
     pre = fit_preprocessor(ds, schema, min_count=1, clip_sigma=5.0)
     prepared = ds.map_batches(pre.transform_batch, batch_format="pandas").materialize()
     valid = prepared.limit(2048).materialize()
-    threads = torch.get_num_threads()
 
     arrays = pre.transform_batch(frame)
     cat, dense, y = (torch.from_numpy(arrays[k]) for k in ("categorical", "dense", "label"))

@@ -109,6 +109,13 @@ class TrainConfig(_Section):
                             "papers quote it; each worker takes batch_size / num_workers")
     learning_rate: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
+    embedding_l2: float = Field(0.0, ge=0.0, description="L2 penalty on the embedding table added to every step's "
+                                "loss: embedding_l2 / 2 * sum of squared table entries (FuxiCTR's "
+                                "`embedding_regularizer`; the BARS presets use 0.01-0.05)")
+    precise_bn_batches: int = Field(16, ge=0, description="at each epoch's end, recompute every BatchNorm's "
+                                    "running statistics on the current weights, dropout off, over the epoch's last "
+                                    "N training batches per worker (eval mode is calibrated again); 0: keep the "
+                                    "moving averages of training")
     optimizer: Literal["adam", "adagrad", "rmsprop", "sgd"] = "adam"
     embedding_optimizer: Literal["adam", "adagrad", "rmsprop", "sgd"] | None = Field(
         None, description="optimizer of the embedding table (default: `optimizer`), e.g. adagrad as the papers do")

@@ -13,7 +13,7 @@ EMBEDDING_TABLE = "embedding.table.weight"
 def build_optimizers(model, cfg: dict) -> dict[str, torch.optim.Optimizer]:
     """Two optimizers, as the papers train them: one for the embedding table (``embedding_*`` settings, e.g.
     Adagrad) and one for the dense weights (e.g. Adam or RMSProp)."""
-    tables = [p for n, p in model.named_parameters() if n.endswith(EMBEDDING_TABLE)]
+    tables = embedding_tables(model)
     dense = [p for n, p in model.named_parameters() if not n.endswith(EMBEDDING_TABLE)]
 
     def make(name: str, params: list, lr: float):
@@ -26,6 +26,18 @@ def build_optimizers(model, cfg: dict) -> dict[str, torch.optim.Optimizer]:
         groups["embedding"] = make(cfg["embedding_optimizer"] or cfg["optimizer"], tables,
                                    cfg["embedding_learning_rate"] or cfg["learning_rate"])
     return groups
+
+
+def embedding_tables(model) -> list[torch.nn.Parameter]:
+    """The model's embedding table(s): the parameters the embedding optimizer and ``embedding_l2`` act on."""
+    return [p for n, p in model.named_parameters() if n.endswith(EMBEDDING_TABLE)]
+
+
+def embedding_l2_penalty(tables: list[torch.Tensor], l2: float) -> torch.Tensor:
+    """``l2 / 2 * sum of squared entries`` of the tables: FuxiCTR's ``embedding_regularizer`` (its gradient is
+    ``l2 * table``). Added to each worker's loss; DDP averages the gradients, so the worker count does not
+    scale it."""
+    return l2 / 2 * sum(t.pow(2).sum() for t in tables)
 
 
 def build_warmup_schedulers(optimizers: dict[str, torch.optim.Optimizer], warmup_steps: int

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +31,8 @@ from mixrec.models.batch import COLUMN_DTYPES, Batch
 from .checkpoint import read_progress, restore_training_state, save_checkpoint, save_training_state
 from .config import TrainConfig
 from .metrics import binary_metrics, predict, user_auc
-from .optim import build_optimizers, build_warmup_schedulers
+from .optim import build_optimizers, build_warmup_schedulers, embedding_l2_penalty, embedding_tables
+from .precise_bn import batch_norms, recompute_batch_norm
 from .preprocess import Preprocessor
 from .runtime import check_train_fits
 
@@ -64,6 +66,7 @@ class EpochStats:
     loss_sum: float
     samples: int
     seconds: float
+    global_samples_per_s: float = float("nan")  # every worker's rows / the slowest worker's seconds
 
     @property
     def train_loss(self) -> float:
@@ -94,11 +97,18 @@ class TrainWorker:
         self.ddp_model = ray.train.torch.prepare_model(self.model)  # self.model stays unwrapped: eval, saving
         self.forward = torch.compile(self.ddp_model) if cfg["compile"] else self.ddp_model
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
+        # embedding L2 (FuxiCTR's embedding_regularizer): every worker adds it to its loss and DDP averages the
+        # gradients, so the penalty's gradient is embedding_l2 * table whatever the worker count
+        self.embedding_l2 = cfg.get("embedding_l2", 0.0)
+        self.tables = embedding_tables(self.model)
         self.train_shard = ray.train.get_dataset_shard("train")
         self.valid_shard = ray.train.get_dataset_shard("valid")
         self.mlflow = mlflow.MlflowClient(cfg["tracking_uri"]) if self.rank == 0 and cfg.get("mlflow_run_id") else None
         self.distributed = dist.is_available() and dist.is_initialized()
         self.nodes = self._all_gather(ray.get_runtime_context().get_node_id())
+        # the epoch's last training batches, kept for the BatchNorm statistics (none without BatchNorm)
+        self.recent_batches: deque[Batch] = deque(maxlen=cfg.get("precise_bn_batches", 0)
+                                                  if batch_norms(self.model) else 0)
 
     # --- build / restore -----------------------------------------------------------------------------------
     def _restore(self, checkpoint) -> None:
@@ -123,6 +133,13 @@ class TrainWorker:
     def fit(self) -> None:
         for epoch in range(self.start_epoch, self.cfg["epochs"]):
             stats = self.train_epoch(epoch)
+            # BatchNorm statistics of the epoch's final weights, dropout off: what evaluation and the
+            # checkpoint use (pipelines/precise_bn.py); not counted in the epoch's training time
+            if self.recent_batches.maxlen:
+                recompute_batch_norm(self.model, self.recent_batches, distributed=self.distributed)
+                self.recent_batches.clear()
+            workers = self._all_gather((stats.samples, stats.seconds))
+            stats.global_samples_per_s = sum(n for n, _ in workers) / max(max(s for _, s in workers), 1e-9)
             self.skip_steps = 0  # only the epoch a restart lands in resumes mid-way
             valid = self.validate()
             self.early_stopping.update(valid["auc"])
@@ -143,6 +160,7 @@ class TrainWorker:
                 stats.steps += 1
                 continue
             batch = Batch.from_arrays(columns)
+            self.recent_batches.append(batch)
             stats.loss_sum += self.train_step(batch, epoch, stats.steps)
             stats.steps += 1
             stats.samples += len(batch)
@@ -161,6 +179,8 @@ class TrainWorker:
         with torch.autocast("cuda" if self.cfg["use_gpu"] else "cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = self.forward(batch.categorical, batch.dense)
             loss = self.loss_fn(logits.float(), batch.labels) + self.model.auxiliary_loss(batch.labels)
+        if self.embedding_l2:
+            loss = loss + embedding_l2_penalty(self.tables, self.embedding_l2)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training diverged: loss is {float(loss)} at epoch {epoch}, step {step}")
         for opt in self.optimizers.values():
@@ -201,6 +221,7 @@ class TrainWorker:
     def epoch_metrics(self, epoch: int, stats: EpochStats, valid: dict[str, float]) -> dict:
         return {"epoch": epoch, "step": stats.steps, "resumed_from_step": stats.resumed_from_step,
                 "train_loss": stats.train_loss, "train_samples_per_s": stats.samples / max(stats.seconds, 1e-9),
+                "train_global_samples_per_s": stats.global_samples_per_s,
                 "valid_auc": valid["auc"], "valid_logloss": valid["logloss"],
                 "valid_calibration": valid["calibration"], "valid_uauc": valid.get("uauc", float("nan")),
                 "valid_rows": int(valid["rows"]), "num_nodes": len(set(self.nodes)), "worker_pid": os.getpid(),
@@ -239,7 +260,7 @@ def epoch_line(metrics: dict, epochs: int) -> str:
     """One line per epoch from rank 0's report: loss, validation AUC / logloss, throughput."""
     return (f"epoch {int(metrics['epoch']) + 1}/{epochs}: train loss {metrics['train_loss']:.4f}, valid AUC "
             f"{metrics['valid_auc']:.4f}, logloss {metrics['valid_logloss']:.4f}, "
-            f"{metrics['train_samples_per_s']:,.0f} samples/s per worker")
+            f"{metrics['train_global_samples_per_s']:,.0f} samples/s ({metrics['train_samples_per_s']:,.0f} per worker)")
 
 
 def epoch_relay(queue):
@@ -282,7 +303,9 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
     loop_cfg = {
         "model_name": model_name, "model_kwargs": model_kwargs, "layout": asdict(layout),
         "preprocessor": preprocessor.to_json(), "epochs": cfg.epochs, "batch_size": cfg.worker_batch_size,
-        "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "seed": cfg.seed,
+        "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "embedding_l2": cfg.embedding_l2,
+        "precise_bn_batches": cfg.precise_bn_batches,
+        "seed": cfg.seed,
         "torch_threads": max(1, int(cfg.cpus_per_worker)), "tracking_uri": tracking_uri,
         "optimizer": cfg.optimizer, "embedding_optimizer": cfg.embedding_optimizer,
         "embedding_learning_rate": cfg.embedding_learning_rate, "early_stopping_patience": cfg.early_stopping_patience,

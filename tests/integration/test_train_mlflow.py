@@ -29,6 +29,7 @@ def test_rank0_logs_epoch_metrics_and_checkpoints(ray_session, tiny_training_dat
     assert [m.step for m in history] == [0, 1]
     assert [e["epoch"] for e in epochs] == [0, 1] and [e["valid_auc"] for e in epochs] == [m.value for m in history]
     assert epoch_line(epochs[1], 2).startswith("epoch 2/2: train loss ") and "samples/s" in epoch_line(epochs[1], 2)
+    assert all(e["train_global_samples_per_s"] > 0 for e in epochs)  # every worker's rows per second
     assert history[-1].value == pytest.approx(outcome.last_metrics["valid_auc"])
     logged = sorted(f.path for f in client.list_artifacts(run_id, "checkpoints"))
     assert logged == ["checkpoints/epoch-000", "checkpoints/epoch-001"]

@@ -39,3 +39,17 @@ def test_zoo_model_trains_with_ray_train_and_reloads(prepared, model_name, preci
     assert logits.shape == (16,) and torch.isfinite(logits).all()
     trained_state = {k: v for k, v in torch.load(outcome.checkpoint_dir / "model.pt").items() if v.dtype != torch.float32}
     assert all(torch.equal(model.state_dict()[k], v) for k, v in trained_state.items())  # step counters etc.
+
+
+def test_batch_norm_statistics_are_recomputed_at_each_epoch_end(prepared, tmp_path):
+    """DCNv2 with BatchNorm and dropout (the Frappe preset's shape) through Ray Train: the checkpoint's BatchNorm
+    statistics are the epoch-end recomputation's (pipelines/precise_bn.py) over the epoch's last 3 batches, not
+    the moving averages over every training step."""
+    pre, data = prepared
+    cfg = TrainConfig(num_workers=2, epochs=2, batch_size=256, embedding_l2=0.05, precise_bn_batches=3)
+    kwargs = {"num_cross_layers": 2, "dnn_dims": (32, 32), "batch_norm": True, "dropout": 0.2}
+    outcome = train(data["train"], data["valid"], pre, "dcnv2", kwargs, cfg, tmp_path, run_name="precise-bn")
+    state = torch.load(outcome.checkpoint_dir / "model.pt")
+    tracked = {k: int(v) for k, v in state.items() if k.endswith("num_batches_tracked")}
+    assert outcome.metrics["step"] > 3  # rank 0's batches per epoch: the moving averages would count them all
+    assert len(tracked) == 2 and set(tracked.values()) == {3}

@@ -31,3 +31,19 @@ def test_warmup_rises_linearly_to_the_configured_rate(warmup_steps):
         schedulers["dense"].step()
     warmup = max(1, warmup_steps)
     assert rates == pytest.approx([0.1 * min(1.0, (step + 1) / warmup) for step in range(6)])
+
+
+def test_embedding_l2_penalty_is_fuxictr_embedding_regularizer_on_the_table_only():
+    """loss + l2/2·‖table‖² (FuxiCTR's embedding_regularizer): the table's gradient gains l2·table, nothing else."""
+    import torch
+
+    from mixrec.pipelines.optim import embedding_l2_penalty, embedding_tables
+
+    model = build_model("dcnv2", FeatureLayout(cardinalities=(5, 7), n_dense=1))
+    (table,) = embedding_tables(model)
+    assert table.shape[0] == 5 + 7
+    penalty = embedding_l2_penalty([table], 0.05)
+    assert penalty.item() == pytest.approx(0.025 * table.detach().pow(2).sum().item())
+    penalty.backward()
+    assert torch.allclose(table.grad, 0.05 * table.detach())
+    assert all(p.grad is None for p in model.parameters() if p is not table)
