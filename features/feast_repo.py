@@ -162,8 +162,8 @@ def historical_features(store, entity_df: pd.DataFrame, schema: DatasetSchema) -
 
 
 # Offline stores whose point-in-time join keeps an event with no feature row inside the TTL (a left join, the
-# features null) where the file store drops it: Feast 0.67's ibis-based DuckDB store.
-KEEPS_UNMATCHED_ROWS = ("duckdb",)
+# features null) where the file store drops it: Feast 0.67's ibis-based DuckDB store and the contrib Ray store.
+KEEPS_UNMATCHED_ROWS = ("duckdb", "ray")
 
 
 def store_type(store) -> str:

@@ -39,7 +39,9 @@ def _retrieve(root, offline_store, tables):
 def test_offline_store_matches_file_store_and_loses_no_row(ray_session, tmp_path, store):
     tables = generate(num_events=4000, num_users=150, num_items=80, days=3, seed=21)
     # Events older than the TTL past their user's first snapshot: the join must drop and quarantine them.
-    tables.events.loc[:99, "event_timestamp"] = tables.users["event_timestamp"].min() - pd.Timedelta(days=45)
+    # (Distinct whole seconds: the Ray store truncates timestamps to seconds and drops rows that then collide.)
+    early = tables.users["event_timestamp"].min() - pd.Timedelta(days=45)
+    tables.events.loc[:99, "event_timestamp"] = early + pd.to_timedelta(range(100), unit="s")
     file_rows, file_dropped = _retrieve(tmp_path / "file", {"type": "file"}, tables)
     block = {"type": "ray", "storage_path": str(tmp_path / "rs")} if store == "ray" else {"type": store}
     rows, dropped = _retrieve(tmp_path / store, block, tables)
