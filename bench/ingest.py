@@ -7,7 +7,7 @@ and the object store they map). Baseline, same rows in the same run: a raw pyarr
 plus a numpy transform (vocabulary lookup of the categoricals, per-row user/item feature gather, log1p and
 standardize), no Feast, no validation.
 
-    .venv/bin/python bench/ingest.py --rows 1000000 5000000 --out /tmp/mixrec-ingest
+    .venv/bin/python bench/ingest.py --rows 1000000 5000000 --out /tmp/mixrec-ingest [--offline-store duckdb]
 
 Prints one line per size and a JSON summary; figures go to docs/benchmarks.md by hand.
 """
@@ -96,7 +96,13 @@ def baseline(folder: Path) -> float:
     return events.num_rows / (time.perf_counter() - t0)
 
 
-def run_pipeline_child(folder: Path, workspace: Path) -> None:
+def offline_store_block(kind: str, workspace: Path) -> dict:
+    """The ``features.offline_store`` block of ``--offline-store``: Feast's file (pandas/dask), DuckDB (ibis) or
+    contrib Ray store."""
+    return {"ray": {"type": "ray", "storage_path": str(workspace / "ray_offline_store")}}.get(kind, {"type": kind})
+
+
+def run_pipeline_child(folder: Path, workspace: Path, offline_store: str = "file") -> None:
     """Child process: the pipeline's data steps on the files; prints the step seconds as JSON."""
     from mixrec.pipelines.config import parse_config
     from mixrec.pipelines.prepare import prepare_data
@@ -107,7 +113,8 @@ def run_pipeline_child(folder: Path, workspace: Path) -> None:
     # A capped object store: Ray spills blocks to disk beyond it.
     init_ray(num_cpus=2, object_store_memory=OBJECT_STORE_BYTES)
     cfg = parse_config({"workspace": str(workspace), "data": {"schema": str(folder / "schema.yaml"), "root": str(folder)},
-                        "features": {"retrieval_chunk_rows": 500_000}, "preprocess": {"min_count": 2}})
+                        "features": {"retrieval_chunk_rows": 500_000,
+                                     "offline_store": offline_store_block(offline_store, workspace)}, "preprocess": {"min_count": 2}})
     ws = Workspace.resolve(cfg.workspace).create(fresh=True)
     timer = StepTimer(lambda line: print(line, file=sys.stderr, flush=True))
     data = prepare_data(cfg, ws, timer)
@@ -138,12 +145,13 @@ def _tree_memory(pid: int) -> tuple[int, int, int, list[tuple[str, float]]]:
     return rss, pss, root_pss, sorted(each, key=lambda x: -x[1])
 
 
-def measure(folder: Path, workspace: Path) -> dict:
+def measure(folder: Path, workspace: Path, offline_store: str = "file") -> dict:
     """Run the child; sample the process tree's memory once a second, attributing each peak to the pipeline
     step running at the time (the child's "[n] ..." progress lines on stderr mark the steps)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0"}
     t0 = time.perf_counter()
-    child = subprocess.Popen([sys.executable, __file__, "--child", str(folder), str(workspace)],
+    child = subprocess.Popen([sys.executable, __file__, "--child", str(folder), str(workspace),
+                              "--offline-store", offline_store],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     peak = {"rss": 0, "pss": 0, "driver_pss": 0}
     step_peak: dict[str, float] = {}
@@ -196,10 +204,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000])
     parser.add_argument("--out", type=Path, default=Path("/tmp/mixrec-ingest"))
+    parser.add_argument("--offline-store", choices=("file", "duckdb", "ray"), default="file",
+                        help="Feast offline store of the point-in-time join (features.offline_store.type)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        run_pipeline_child(Path(args.child[0]), Path(args.child[1]))
+        run_pipeline_child(Path(args.child[0]), Path(args.child[1]), args.offline_store)
         return
     summary = []
     for rows in args.rows:
@@ -207,13 +217,13 @@ def main() -> None:
         if not (folder / "schema.yaml").exists():
             write_files(rows, folder)
         base = baseline(folder)
-        r = measure(folder, args.out / f"ws-{rows}")
+        r = measure(folder, args.out / f"ws-{rows}", args.offline_store)
         steps = ("ingest", "feast", "validate", "preprocess", "dataset_checks")
         seconds = sum(r["seconds"].get(s, 0.0) for s in steps)
-        r.update(rows=rows, pipeline_rows_per_s=round(rows / seconds), baseline_rows_per_s=round(base),
+        r.update(rows=rows, offline_store=args.offline_store, pipeline_rows_per_s=round(rows / seconds), baseline_rows_per_s=round(base),
                  ratio=round(base / (rows / seconds), 1))
         summary.append(r)
-        print(f"{rows:>11,} rows: pipeline {r['pipeline_rows_per_s']:>9,} rows/s ({seconds:.0f} s: "
+        print(f"{rows:>11,} rows, {args.offline_store} offline store: pipeline {r['pipeline_rows_per_s']:>9,} rows/s ({seconds:.0f} s: "
               + ", ".join(f"{s} {r['seconds'].get(s, 0):.0f}" for s in steps)
               + f"), baseline {r['baseline_rows_per_s']:>11,} rows/s, baseline/pipeline {r['ratio']}x, "
               f"peak memory of the process tree: PSS {r['peak_tree_pss_gib']} GiB (RSS sum {r['peak_tree_rss_gib']} GiB, "

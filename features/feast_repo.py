@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import yaml
@@ -158,6 +159,27 @@ def historical_features(store, entity_df: pd.DataFrame, schema: DatasetSchema) -
     if not refs:  # row features only (Criteo): nothing to join
         return pa.Table.from_pandas(entity_df, preserve_index=False)
     return store.get_historical_features(entity_df=entity_df, features=refs).to_arrow()
+
+
+# Offline stores whose point-in-time join keeps an event with no feature row inside the TTL (a left join, the
+# features null) where the file store drops it: Feast 0.67's ibis-based DuckDB store and the contrib Ray store.
+KEEPS_UNMATCHED_ROWS = ("duckdb", "ray")
+
+
+def store_type(store) -> str:
+    """The ``offline_store.type`` a FeatureStore was opened with."""
+    return str(getattr(store.config.offline_store, "type", "file"))
+
+
+def matched_every_view(table: pa.Table, schema: DatasetSchema) -> np.ndarray:
+    """Per joined row: True when each joined (user, item) view gave it a feature row, i.e. not all of that
+    view's features are null. (A feature row whose every feature is null reads as no feature row.)"""
+    matched = np.ones(table.num_rows, dtype=bool)
+    for source in schema.entity_sources:
+        names = [f.name for f in schema.from_source(source)] if source != "row" else []
+        if names:
+            matched &= ~np.logical_and.reduce([table[n].is_null().to_numpy(zero_copy_only=False) for n in names])
+    return matched
 
 
 def materialize(store, start: datetime, end: datetime, sources: tuple[str, ...] = ("user", "item"),

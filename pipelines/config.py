@@ -63,7 +63,8 @@ class FeaturesConfig(_Section):
     registry: str | dict[str, Any] | None = Field(None, description="Feast registry; default file in the workspace")
     offline_store: dict[str, Any] = Field(
         default_factory=lambda: {"type": "file"},
-        description="Feast offline_store block: `file` (default) or the contrib `ray` store for data beyond one machine")
+        description="Feast offline_store block of the point-in-time join: `file` (default), `duckdb` (Feast's "
+                    "ibis/DuckDB store) or the contrib `ray` store for data beyond one machine (docs/benchmarks.md, Ingest)")
     ttl_days: int = Field(30, ge=1, description="feature view TTL: events older than this past a feature row are quarantined")
     retrieval_chunk_rows: int = Field(500_000, ge=100, description="event rows per Feast historical retrieval "
                                       "(bounds each retrieval task's memory)")

@@ -8,6 +8,11 @@ so no process grows with the dataset; ``parallelism`` chunks run at a time. A si
 calling process: a fresh worker would spend longer importing Feast (about 6 s on 2 cores) than a small join
 takes. Feast drops an event row whose entity has no feature row inside the TTL: every chunk's rows are counted
 before and after, the dropped ones quarantined with the reason.
+
+With the contrib Ray offline store a chunk's task does not join: it drives Ray Data tasks of its own (1 CPU
+each). Holding a CPU while it waits for them would starve them once the chunks hold every CPU (two chunks on a
+2-CPU instance hung), so such a task reserves no CPU and at most half the instance's CPUs' worth of chunks run at
+once (:func:`chunk_plan`).
 """
 
 from __future__ import annotations
@@ -65,6 +70,10 @@ def train_bounds(table: pa.Table, columns: list[str], split_column: str) -> dict
 def join_chunk(store, events: pd.DataFrame, schema: DatasetSchema) -> tuple[pa.Table, pd.DataFrame]:
     """Point-in-time join of one chunk: (joined rows, the event rows Feast dropped)."""
     table = feast_repo.historical_features(store, events, schema)
+    if feast_repo.store_type(store) in feast_repo.KEEPS_UNMATCHED_ROWS:
+        # The store keeps an event with no feature row inside the TTL, its features null: drop it here, as the
+        # file store does, so that it is quarantined for the same reason.
+        table = table.filter(pa.array(feast_repo.matched_every_view(table, schema)))
     kept = np.asarray(table[schema.event_key])
     dropped = events[~events[schema.event_key].isin(kept)]
     if table.num_rows + len(dropped) != len(events):
@@ -86,6 +95,27 @@ def _retrieve_chunk(repo_dir: str, events: pa.Table, schema: DatasetSchema, shar
             "bounds": train_bounds(joined, [f.name for f in schema.dense], SPLIT_COLUMN)}
 
 
+def offline_store_type(repo_dir: Path) -> str | None:
+    """The ``offline_store.type`` of the Feast repo's ``feature_store.yaml`` (None without the file)."""
+    import yaml
+
+    path = Path(repo_dir) / "feature_store.yaml"
+    if not path.exists():
+        return None
+    block = (yaml.safe_load(path.read_text()) or {}).get("offline_store") or {}
+    return block.get("type", "file") if isinstance(block, dict) else str(block)
+
+
+def chunk_plan(store_type: str | None, parallelism: int, cluster_cpus: float) -> tuple[float, int]:
+    """(CPUs each retrieval chunk task reserves, chunks run at once). The file and DuckDB stores join inside
+    the task: 1 CPU each, ``parallelism`` at once. The Ray store's task only waits for the Ray Data tasks it
+    submits, which need whole CPUs: it reserves none, and at most ``cluster_cpus // 2`` (at least 1) chunks run
+    at once, so each chunk's Ray Data work has a CPU or more to itself."""
+    if store_type == "ray":
+        return 0.0, max(1, min(parallelism, int(cluster_cpus // 2)))
+    return 1.0, parallelism
+
+
 def chunk_count(events_path: Path, chunk_rows: int) -> int:
     """How many retrieval chunks :func:`retrieve_to_shards` makes of ``events_path``."""
     return -(-pq.ParquetFile(events_path).metadata.num_rows // chunk_rows)
@@ -99,12 +129,15 @@ def retrieve_to_shards(repo_dir: Path, events_path: Path, schema: DatasetSchema,
 
     The shards are written into a temporary folder renamed into place at the end, so ``out_dir`` holds a
     complete retrieval or nothing; dropped rows go to ``quarantine_path`` (atomically; no file when none). The driver
-    holds at most ``parallelism`` chunks' references, never joined rows. ``on_chunk`` gets each finished
+    holds at most ``parallelism`` chunks' references (fewer with the Ray offline store, see :func:`chunk_plan`),
+    never joined rows. ``on_chunk`` gets each finished
     chunk's counts (``events``, ``joined``, ``dropped``), in the order they finish.
     """
     import ray
 
-    retrieve = ray.remote(max_calls=1)(_retrieve_chunk)  # a fresh worker per chunk (module docstring)
+    cpus, parallelism = chunk_plan(offline_store_type(repo_dir), parallelism, ray.cluster_resources().get("CPU", 0.0))
+    # A fresh worker per chunk (module docstring).
+    retrieve = ray.remote(max_calls=1, num_cpus=cpus)(_retrieve_chunk)
     single_chunk = pq.ParquetFile(events_path).metadata.num_rows <= chunk_rows
     counts = RetrievalCounts()
 
