@@ -76,11 +76,14 @@ def test_bearer_token_from_the_environment_survives_set_weights(served, restore,
     start_serving(cfg)
     monkeypatch.delenv("MIXREC_TEST_SERVE_TOKEN")
     workspace = str(served["first"].workspace.root)
-    for bad in (["champion=nan"], ["champion=1e308", "challenger=1e308"], ["champion=0", "challenger=0"],
-                ["champion=-1"], ["champion=inf"], ["nobody=1"]):
-        proc = subprocess.run([MIXREC, "ab", "set-weights", *bad, "--workspace", workspace], capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (bad, proc.stderr)
+    bads = (["champion=nan"], ["champion=1e308", "challenger=1e308"], ["champion=0", "challenger=0"],
+            ["champion=-1"], ["champion=inf"], ["nobody=1"])
+    # The six refusals are independent processes: run them at once (each is mostly interpreter start-up).
+    procs = [subprocess.Popen([MIXREC, "ab", "set-weights", *bad, "--workspace", workspace], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for bad in bads]
+    for bad, proc in zip(bads, procs, strict=True):
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 2 and len(stderr.strip().splitlines()) == 1, (bad, stderr)
     client, body = served["client"], {"user_id": 3, "items": [1, 2]}
     good = {"Authorization": "Bearer s3cret-token"}
     assert client.get("/arms", headers=good).json()["weights"] == {CHAMPION: 0.5, CHALLENGER: 0.5}  # untouched
