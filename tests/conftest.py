@@ -64,5 +64,13 @@ def _tiny_training_data(ray, num_events: int, seed: int):
 
 @pytest.fixture(scope="session")
 def tiny_training_data():
-    """A function: (ray, num_events, seed) -> (preprocessor, {"train", "valid"} prepared Ray Datasets)."""
-    return _tiny_training_data
+    """A function: (ray, num_events, seed) -> (preprocessor, {"train", "valid"} prepared Ray Datasets).
+    Made once per (num_events, seed) and session: the datasets are materialized and only read by the tests."""
+    made = {}
+
+    def get(ray, num_events: int, seed: int):
+        if (num_events, seed) not in made:
+            made[num_events, seed] = _tiny_training_data(ray, num_events, seed)
+        return made[num_events, seed]
+
+    return get

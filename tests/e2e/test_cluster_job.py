@@ -91,7 +91,7 @@ def _wait_for(check, timeout: float, what: str, proc: subprocess.Popen, log: Pat
             pass
         if proc.poll() is not None:
             pytest.fail(f"ray start for the {what} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        time.sleep(2)
+        time.sleep(0.5)
     pytest.fail(f"{what} not up after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
@@ -109,9 +109,12 @@ def test_submitted_pipeline_trains_on_both_nodes_and_registers(cluster):
                           env=cluster["env"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job_id = proc.stdout.strip().splitlines()[-1]
-    assert _mixrec(cluster, "jobs", "status", job_id).stdout.strip() == "SUCCEEDED"
-    assert job_id in _mixrec(cluster, "jobs", "list").stdout
-    assert "registered cluster-ranker v1" in _mixrec(cluster, "jobs", "logs", job_id).stdout
+    # Three independent read-only commands, started at once (each is mostly interpreter start-up).
+    status, listed, logs = _mixrec_at_once(cluster, ("jobs", "status", job_id), ("jobs", "list"),
+                                           ("jobs", "logs", job_id))
+    assert status.stdout.strip() == "SUCCEEDED"
+    assert job_id in listed.stdout
+    assert "registered cluster-ranker v1" in logs.stdout
 
     import mlflow
 
@@ -126,6 +129,23 @@ def _mixrec(cluster, *args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
+
+
+def _mixrec_at_once(cluster, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
+    """`mixrec ARGS --address ...` for each of ``commands``, run concurrently; each must exit 0."""
+    cmds = [[str(BIN / "mixrec"), *args, "--address", cluster["address"]] for args in commands]
+    procs = [subprocess.Popen(cmd, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in cmds]
+    done = []
+    for cmd, p in zip(cmds, procs, strict=True):
+        try:
+            stdout, stderr = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise
+        assert p.returncode == 0, stdout + stderr
+        done.append(subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr))
+    return done
 
 
 def test_a_running_job_can_be_stopped(cluster):

@@ -35,10 +35,26 @@ def env(tmp_path_factory):
     return {**os.environ, "MIXREC_HOME": str(home), "PYTHONUNBUFFERED": "1"}
 
 
-def run(cmd: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+def start(cmd: list[str], env: dict) -> tuple[list[str], subprocess.Popen]:
+    """A command started in the background (independent commands run at once: each spends seconds starting)."""
+    return cmd, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(started: tuple[list[str], subprocess.Popen], timeout: int = 600) -> subprocess.CompletedProcess:
+    """Waits for a command from :func:`start`; it must exit 0."""
+    cmd, popen = started
+    try:
+        stdout, stderr = popen.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        raise
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, stdout, stderr)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
+
+
+def run(cmd: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    return finish(start(cmd, env), timeout)
 
 
 def test_readme_lists_the_commands_this_test_runs():
@@ -100,11 +116,22 @@ def test_readme_commands_end_to_end(env, free_port):
             except httpx.HTTPError:
                 pass
             assert serve.poll() is None, serve_log.read_text()
-            time.sleep(2)
+            time.sleep(0.5)
         else:
             pytest.fail("mixrec serve did not become healthy in 180 s")
-        q = run([MIXREC, "query", "--user", "17", "--items", "1,5,9,13", "--device", "1", "--hour", "20"], env)
-        body = json.loads(q.stdout)
+        # The read-only commands against the running server (and `--write-config`, which reads the registry)
+        # are independent of each other: started at once, checked one by one.
+        serve_yaml = Path(env["MIXREC_HOME"]) / "serve.yaml"
+        started = {
+            "query": start([MIXREC, "query", "--user", "17", "--items", "1,5,9,13", "--device", "1", "--hour", "20"], env),
+            "write-config": start([MIXREC, "serve", "--write-config", str(serve_yaml)], env),
+            # `mixrec abtest simulate --url ...` against the running server (fewer requests).
+            "abtest": start([MIXREC, "abtest", "simulate", "--url", f"http://127.0.0.1:{port}/mixrec", "--requests",
+                             "300"], env),
+            "query --file": start([MIXREC, "query", "--file", "configs/requests.jsonl"], env),
+        }
+        done = {name: finish(cmd) for name, cmd in started.items()}
+        body = json.loads(done["query"].stdout)
         assert body["arm"] in {"champion", "challenger"} and len(body["ranked"]) == 4
         dashboard = re.search(r"Ray dashboard: (http://127\.0\.0\.1:\d+) ", serve_log.read_text())
         assert dashboard, serve_log.read_text()
@@ -114,16 +141,13 @@ def test_readme_commands_end_to_end(env, free_port):
         assert arms["versions"] == {"champion": "1", "challenger": "2"}
         # The served application as a Ray Serve config file (`serve run`): written on serve, and on request.
         assert (Path(env["MIXREC_HOME"]) / "serve_config.yaml").exists()
-        serve_yaml = Path(env["MIXREC_HOME"]) / "serve.yaml"
-        run([MIXREC, "serve", "--write-config", str(serve_yaml)], env)
         assert "import_path: mixrec.serving.app:app_builder" in serve_yaml.read_text()
-        # `mixrec abtest simulate --url ...` against the running server (fewer requests).
-        ab = run([MIXREC, "abtest", "simulate", "--url", f"http://127.0.0.1:{port}/mixrec", "--requests", "300"], env)
+        ab = done["abtest"]
         assert "300 answered, 0 failed" in ab.stdout and "SRM chi2" in ab.stdout, ab.stdout
         assert re.search(r"champion\s+v1\s+impressions\s+\d+", ab.stdout), ab.stdout
-        batch = run([MIXREC, "query", "--file", "configs/requests.jsonl"], env).stdout.splitlines()
+        batch = done["query --file"].stdout.splitlines()
         assert [json.loads(line)["status"] for line in batch] == [200, 200, 200]
-        # 4b. Live re-weighting from another process (joins the server's Ray instance).
+        # 4b. Live re-weighting from another process (joins the server's Ray instance), after the A/B simulation.
         out = run([MIXREC, "ab", "set-weights", "champion=0.9", "challenger=0.1"], env).stdout
         assert "champion (v1) 90%, challenger (v2) 10%" in out or "challenger (v2) 10%, champion (v1) 90%" in out, out
         arms = httpx.get(f"http://127.0.0.1:{port}/mixrec/arms", timeout=10).json()
@@ -136,7 +160,9 @@ def test_readme_commands_end_to_end(env, free_port):
             os.killpg(serve.pid, signal.SIGKILL)
 
     # 5. `mixrec promote 2` (gated: either outcome is legitimate for two tiny models, but it must evaluate),
-    # `--force`, `rollback`; 6. `mixrec models`. (`--require-ab` runs in tests/integration/test_promotion_abtest.py.)
+    # `--force`, `rollback`; 6. `mixrec models` (independent of the registry: runs meanwhile).
+    # (`--require-ab` runs in tests/integration/test_promotion_abtest.py.)
+    models = start([MIXREC, "models"], env)
     gated = subprocess.run([MIXREC, "promote", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert "offline gate: v2 vs champion v1" in gated.stdout, gated.stdout + gated.stderr
     assert (gated.returncode, "now champion" in gated.stdout) in {(0, True), (1, False)}, gated.stdout + gated.stderr
@@ -144,21 +170,22 @@ def test_readme_commands_end_to_end(env, free_port):
         assert "refused" in gated.stderr and "--force" in gated.stderr
         assert "v2 is now champion" in run([MIXREC, "promote", "2", "--force", "--reason", "hotfix"], env).stdout
     assert "v1 is champion again" in run([MIXREC, "rollback"], env).stdout
-    table = run([MIXREC, "models"], env).stdout
+    table = finish(models).stdout
     assert "rankmixer" in table and "dnn" in table
 
-    # 7. `mixrec versions`: the registry at a glance, after the gate evaluated v2.
-    v2, v1 = json.loads(run([MIXREC, "versions", "--json"], env).stdout)
-    assert (v1["version"], v1["aliases"], v2["version"]) == ("1", ["champion"], "2")
-    assert v2["gate"]["offline_passed"] in {"True", "False"} and v2["gate"]["against_champion"] == "1"
-    assert v2["run_id"] == run_id and v2["test_metrics"]["test_auc"] == pytest.approx(result["metrics"]["test_auc"])
-    assert len(v2["lineage"]["dataset_sha256"]) == 64 and v2["lineage"]["config"]["data"]["num_events"] == 3000
-
-    # 8. `mixrec ui`: the MLflow UI on the workspace's store, on loopback; it knows the run `mixrec run` printed.
+    # 8. `mixrec ui` (started now, read-only on the store: it comes up while 7. `mixrec versions` runs).
     ui_port = free_port()
     ui = subprocess.Popen([MIXREC, "ui", "--port", str(ui_port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        # 7. `mixrec versions`: the registry at a glance, after the gate evaluated v2.
+        v2, v1 = json.loads(run([MIXREC, "versions", "--json"], env).stdout)
+        assert (v1["version"], v1["aliases"], v2["version"]) == ("1", ["champion"], "2")
+        assert v2["gate"]["offline_passed"] in {"True", "False"} and v2["gate"]["against_champion"] == "1"
+        assert v2["run_id"] == run_id and v2["test_metrics"]["test_auc"] == pytest.approx(result["metrics"]["test_auc"])
+        assert len(v2["lineage"]["dataset_sha256"]) == 64 and v2["lineage"]["config"]["data"]["num_events"] == 3000
+
+        # 8. `mixrec ui`: the MLflow UI on the workspace's store, on loopback; it knows the run `mixrec run` printed.
         deadline, answer = time.time() + 120, None
         while time.time() < deadline and answer is None:
             try:
@@ -166,7 +193,7 @@ def test_readme_commands_end_to_end(env, free_port):
                                    timeout=5)
             except httpx.HTTPError:
                 assert ui.poll() is None, "mixrec ui exited"
-                time.sleep(2)
+                time.sleep(0.5)
         assert answer is not None and answer.status_code == 200, answer
         assert answer.json()["run"]["data"]["metrics"]
     finally:
@@ -180,12 +207,15 @@ def test_readme_commands_end_to_end(env, free_port):
 def test_cli_rejects_bad_input_with_clear_errors(env, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  num_workers: 0\nmodel:\n  nme: x\n")
-    proc = subprocess.run([MIXREC, "run", str(bad)], cwd=REPO, env=env, capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert "train.num_workers" in proc.stderr and "model.nme" in proc.stderr
-    proc = subprocess.run([MIXREC, "query", "--user", "1", "--items", " , ", "--url", "http://127.0.0.1:9"],
-                          cwd=REPO, env=env, capture_output=True, text=True)
-    assert proc.returncode == 2 and "--items must name at least one item id" in proc.stderr
-    proc = subprocess.run([MIXREC, "query", "--user", "1", "--items", "1,2", "--url", "http://127.0.0.1:9"],
-                          cwd=REPO, env=env, capture_output=True, text=True)
-    assert proc.returncode == 3 and proc.stderr.startswith("error: cannot reach http://127.0.0.1:9"), proc.stderr
+    # Three independent refusals, started at once (each is mostly interpreter start-up).
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in ([MIXREC, "run", str(bad)],
+                         [MIXREC, "query", "--user", "1", "--items", " , ", "--url", "http://127.0.0.1:9"],
+                         [MIXREC, "query", "--user", "1", "--items", "1,2", "--url", "http://127.0.0.1:9"])]
+    stderrs = [p.communicate(timeout=300)[1] for p in procs]
+    (code, stderr), (code_items, stderr_items), (code_reach, stderr_reach) = (
+        (p.returncode, err) for p, err in zip(procs, stderrs, strict=True))
+    assert code == 2
+    assert "train.num_workers" in stderr and "model.nme" in stderr
+    assert code_items == 2 and "--items must name at least one item id" in stderr_items
+    assert code_reach == 3 and stderr_reach.startswith("error: cannot reach http://127.0.0.1:9"), stderr_reach

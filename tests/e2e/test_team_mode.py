@@ -74,7 +74,7 @@ def team(tmp_path_factory, free_port):
             except httpx.HTTPError:
                 pass
             assert server.poll() is None, (tmp / "mlflow.log").read_text()[-3000:]
-            time.sleep(2)
+            time.sleep(0.5)
         else:
             pytest.fail("mlflow server not healthy after 180 s")
         yield {"tracking_uri": f"http://127.0.0.1:{port}", "feast_db": feast_db, "project": project,

@@ -34,9 +34,26 @@ _LAST_SERVED_USER = pytest.StashKey[str]()
 _STOP_SERVED = pytest.StashKey[object]()
 
 
+def _uses_served(item) -> bool:
+    return "served" in getattr(item, "fixturenames", ())
+
+
+def _served_modules_first(items: list) -> None:
+    """Runs the integration modules that use the shared app one after another, before the others (each module's
+    own order kept): the app is up from the first of them to the last, so the other modules (pipeline runs,
+    apps of their own) run without its idle replicas on the CPUs."""
+    slots = [i for i, item in enumerate(items) if item.nodeid.startswith("tests/integration/")]
+    ours = [items[i] for i in slots]
+    served_modules = {item.path for item in ours if _uses_served(item)}
+    ordered = sorted(ours, key=lambda item: item.path not in served_modules)  # stable: module and test order kept
+    for i, item in zip(slots, ordered, strict=True):
+        items[i] = item
+
+
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection
 def pytest_collection_modifyitems(config, items):
-    users = [item.nodeid for item in items if "served" in getattr(item, "fixturenames", ())]
+    _served_modules_first(items)
+    users = [item.nodeid for item in items if _uses_served(item)]
     if users:
         config.stash[_LAST_SERVED_USER] = users[-1]
 

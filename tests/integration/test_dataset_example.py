@@ -18,14 +18,13 @@ import pytest
 
 from mixrec.features import feast_repo
 from mixrec.features.synthetic import generate
+from mixrec.pipelines import run as pipeline_run
 from mixrec.pipelines.checkpoint import load_checkpoint
 from mixrec.pipelines.config import TrainConfig, parse_config
 from mixrec.pipelines.prepare import prepare_data
-from mixrec.pipelines.progress import StepTimer
 from mixrec.pipelines.pyfunc import MixrecRanker
 from mixrec.pipelines.run import evaluate_checkpoint
 from mixrec.pipelines.train import train
-from mixrec.pipelines.workspace import Workspace
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -44,8 +43,10 @@ def _shop_config(root: Path, workspace: Path, **extra) -> dict:
 
 
 @pytest.fixture(scope="module")
-def shop(ray_session, tmp_path_factory):
-    """The example's files from the synthetic generator (daily user snapshots), then the pipeline's data steps."""
+def shop(ray_session, tmp_path_factory, free_port):
+    """The example's files from the synthetic generator (daily user snapshots), then one whole pipeline run from
+    the schema file. The data-step tests check what its data steps (:func:`prepare_data`, recorded as the run
+    called it) handed to training; the last test serves the version it registered."""
     root = tmp_path_factory.mktemp("shop")
     t = generate(num_events=3000, num_users=80, num_items=40, days=4, seed=11)
     (root / "shop").mkdir()
@@ -63,10 +64,21 @@ def shop(ray_session, tmp_path_factory):
     extra = pd.read_csv(root / "shop" / "events.csv").tail(2).assign(user_id=999, event_id=[10_000, 10_001])
     extra.to_csv(root / "shop" / "events.csv", mode="a", header=False, index=False)
     (root / "shop.yaml").write_text(_docs_schema())
-    cfg = parse_config(_shop_config(root, root / "ws"))
-    ws = Workspace.resolve(cfg.workspace).create(fresh=True)
-    data = prepare_data(cfg, ws, StepTimer(lambda _: None))
-    return t, ws, data
+    cfg = parse_config(_shop_config(root, root / "ws", model={"name": "dnn"},
+                                    train={"num_workers": 1, "epochs": 1, "batch_size": 256},
+                                    serve={"port": free_port(), "arms": {"champion": 1.0}, "app_name": "mixrec-shop",
+                                           "route_prefix": "/shop"}))
+    prepared = []
+
+    def recorded_prepare_data(*args, **kwargs):  # the real data steps; their result kept for the tests
+        prepared.append(prepare_data(*args, **kwargs))
+        return prepared[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline_run, "prepare_data", recorded_prepare_data)
+        result = pipeline_run.run_pipeline(cfg, fresh=True, progress=lambda _: None)
+    (data,) = prepared
+    return t, result.workspace, data, cfg, result
 
 
 def _random_lists(rng, rows: int, longest: int, values: int) -> np.ndarray:
@@ -78,7 +90,7 @@ def _random_lists(rng, rows: int, longest: int, values: int) -> np.ndarray:
 
 
 def test_counts_reconcile_and_dropped_rows_are_quarantined(shop):
-    _, ws, data = shop
+    _, ws, data, *_ = shop
     c = data.counts
     assert c["events"] == 3002 == c["feast_dropped"] + c["validated"]
     assert c["validated"] == c["accepted"] + c["quarantined"]
@@ -96,7 +108,7 @@ def test_counts_reconcile_and_dropped_rows_are_quarantined(shop):
 
 
 def test_point_in_time_join_through_the_schema_path(shop):
-    t, ws, _ = shop
+    t, ws, *_ = shop
     assert len(list(ws.retrieved_dir.glob("part-*.parquet"))) == 2  # 3002 rows in chunks of 2000
     joined = pd.read_parquet(ws.retrieved_dir)
     unknown = joined["user_id"] == 999
@@ -112,7 +124,7 @@ def test_point_in_time_join_through_the_schema_path(shop):
 
 
 def test_online_and_offline_features_agree(shop):
-    t, ws, data = shop
+    t, ws, data, *_ = shop
     store = feast_repo.open_store(ws.feast_repo)
     users = [0, 1, 2, 5, 7]
     online = feast_repo.online_features(store, data.schema, "user", users)
@@ -129,7 +141,7 @@ def test_online_and_offline_features_agree(shop):
 
 
 def test_multi_hot_fields_through_feast_and_preprocessing(shop):
-    t, ws, data = shop
+    t, ws, data, *_ = shop
     shard = pq.read_table(next(ws.retrieved_dir.glob("part-*.parquet")))
     assert shard.schema.field("recent_items").type == shard.schema.field("favourite_categories").type == \
         pa.list_(pa.string())
@@ -170,7 +182,7 @@ def test_multi_hot_fields_through_feast_and_preprocessing(shop):
 
 
 def test_one_epoch_on_multi_hot_fields_trains_reloads_and_scores_raw_rows(shop, tmp_path):
-    _, ws, data = shop
+    _, ws, data, *_ = shop
     cfg = TrainConfig(num_workers=1, epochs=1, batch_size=256)
     outcome = train(data.datasets["train"], data.datasets["valid"], data.preprocessor, "dnn", {}, cfg, tmp_path,
                     run_name="multi-hot")
@@ -184,22 +196,15 @@ def test_one_epoch_on_multi_hot_fields_trains_reloads_and_scores_raw_rows(shop, 
     assert probs.shape == (len(raw),) and np.isfinite(probs).all()
 
 
-def test_the_dataset_trains_registers_and_serves_over_http(shop, tmp_path, free_port):
-    """The whole pipeline from the schema file, then Ray Serve ranking with that schema: user and item
-    features (a multi-hot list among them) from the Feast online store, the event-row fields as request
+def test_the_dataset_trains_registers_and_serves_over_http(shop):
+    """The whole pipeline from the schema file (the module's run), then Ray Serve ranking with that schema: user
+    and item features (a multi-hot list among them) from the Feast online store, the event-row fields as request
     context (a multi-hot one as its delimited string), through the registered model's preprocessing."""
     import httpx
 
-    from mixrec.pipelines.run import run_pipeline
     from mixrec.serving.server import start_serving, stop_serving
 
-    t, ws, _ = shop
-    port = free_port()
-    cfg = parse_config(_shop_config(ws.root.parent, tmp_path / "ws", model={"name": "dnn"},
-                                    train={"num_workers": 1, "epochs": 1, "batch_size": 256},
-                                    serve={"port": port, "arms": {"champion": 1.0}, "app_name": "mixrec-shop",
-                                           "route_prefix": "/shop"}))
-    result = run_pipeline(cfg, fresh=True, progress=lambda _: None)
+    t, _, _, cfg, result = shop
     url = start_serving(cfg)
     try:
         items = t.items["item_id"].unique()[:6].tolist() + [987_654]  # the last one is unknown to Feast

@@ -76,11 +76,14 @@ def test_bearer_token_from_the_environment_survives_set_weights(served, restore,
     start_serving(cfg)
     monkeypatch.delenv("MIXREC_TEST_SERVE_TOKEN")
     workspace = str(served["first"].workspace.root)
-    for bad in (["champion=nan"], ["champion=1e308", "challenger=1e308"], ["champion=0", "challenger=0"],
-                ["champion=-1"], ["champion=inf"], ["nobody=1"]):
-        proc = subprocess.run([MIXREC, "ab", "set-weights", *bad, "--workspace", workspace], capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (bad, proc.stderr)
+    bads = (["champion=nan"], ["champion=1e308", "challenger=1e308"], ["champion=0", "challenger=0"],
+            ["champion=-1"], ["champion=inf"], ["nobody=1"])
+    # The six refusals are independent processes: run them at once (each is mostly interpreter start-up).
+    procs = [subprocess.Popen([MIXREC, "ab", "set-weights", *bad, "--workspace", workspace], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for bad in bads]
+    for bad, proc in zip(bads, procs, strict=True):
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 2 and len(stderr.strip().splitlines()) == 1, (bad, stderr)
     client, body = served["client"], {"user_id": 3, "items": [1, 2]}
     good = {"Authorization": "Bearer s3cret-token"}
     assert client.get("/arms", headers=good).json()["weights"] == {CHAMPION: 0.5, CHALLENGER: 0.5}  # untouched
@@ -188,18 +191,19 @@ def test_query_file_batch_prints_one_json_line_per_request(served, tmp_path):
                      + json.dumps({"user_id": 2, "items": [4, 5]}) + "\n")
     csv = tmp_path / "requests.csv"
     csv.write_text('user_id,items,device,hour\n3,"6,7,8",1,20\n4,9 10,,\n5,"11",0,3\n')
-    for path, users in ((jsonl, [1, 2]), (csv, [3, 4, 5])):
-        proc = subprocess.run([MIXREC, "query", "--file", str(path), "--url", served["url"]],
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        lines = [json.loads(line) for line in proc.stdout.splitlines()]
-        assert [line["line"] for line in lines] == list(range(1, len(users) + 1))
-        assert [line["response"]["user_id"] for line in lines] == users and {line["status"] for line in lines} == {200}
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"user_id": 1, "items": [1]}\n{oops\n')
-    proc = subprocess.run([MIXREC, "query", "--file", str(bad), "--url", served["url"]],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and f"{bad}:2: not valid JSON" in proc.stderr
+    # Three independent processes, started at once (each is mostly interpreter start-up).
+    procs = [subprocess.Popen([MIXREC, "query", "--file", str(path), "--url", served["url"]], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for path in (jsonl, csv, bad)]
+    (out_jsonl, out_csv, out_bad) = [(p, *p.communicate(timeout=120)) for p in procs]
+    for (proc, stdout, stderr), users in ((out_jsonl, [1, 2]), (out_csv, [3, 4, 5])):
+        assert proc.returncode == 0, stderr
+        lines = [json.loads(line) for line in stdout.splitlines()]
+        assert [line["line"] for line in lines] == list(range(1, len(users) + 1))
+        assert [line["response"]["user_id"] for line in lines] == users and {line["status"] for line in lines} == {200}
+    proc, _, stderr = out_bad
+    assert proc.returncode == 2 and f"{bad}:2: not valid JSON" in stderr
 
 
 def test_scores_do_not_depend_on_batching(served):
