@@ -52,10 +52,12 @@ def test_small_study_fits_plots_and_survives_a_failed_point(ray_session, tmp_pat
     results = out["results"]
     assert len(results) == 3 and (results["status"] == "finished").all()
     assert results["parameters"].is_monotonic_increasing and (results["training_flops"] > 0).all()
+    assert (results["dense_parameters"] < results["parameters"]).all()  # the embedding table left out
     fit = out["analysis"]["fits"]["dnn"]["parameters"]
     assert fit["points"] == 3 and fit["note"]  # 3 points: a fit, no interval
     assert out["analysis"]["roi_pick"]["arch"] == "dnn"
-    assert {p.name for p in out["plots"]} == {"scaling_parameters.png", "scaling_training_flops.png"}
+    assert {p.name for p in out["plots"]} == {"scaling_parameters.png", "scaling_dense_parameters.png",
+                                              "scaling_training_flops.png"}
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(out["run_id"])}
     assert {"results.csv", "results.parquet", "analysis.json", "scaling_parameters.png"} <= artifacts
 
