@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mixrec.pipelines.optim import embedding_l2_penalty, embedding_tables
+
 # A split: (categorical [N, n_id_columns] int64, dense [N, n_dense] float32 or None, label [N] float32)
 Split = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
 
@@ -62,21 +64,21 @@ def evaluate(model, split: Split, bs: int = 16384) -> tuple[float, float]:
     return auc(y.numpy(), torch.sigmoid(logits).double().numpy()), ll
 
 
-def _optimizer(model, args) -> torch.optim.Optimizer:
-    table = model.embedding.table.weight
-    others = [p for p in model.parameters() if p is not table]
-    groups = [{"params": [table], "weight_decay": 0.0},
+def _optimizer(model, tables: list, args) -> torch.optim.Optimizer:
+    others = [p for p in model.parameters() if all(p is not t for t in tables)]
+    groups = [{"params": tables, "weight_decay": 0.0},
               {"params": others, "weight_decay": args.weight_decay}]
     return torch.optim.AdamW(groups, lr=args.lr) if args.weight_decay else torch.optim.Adam(groups, lr=args.lr)
 
 
 def fit(name: str, model, emb_reg: float, data: dict[str, Split], args) -> dict:
     """Train with early stopping on validation AUC, test the best weights; one result row."""
-    table = model.embedding.table.weight
+    tables = embedding_tables(model)
     if args.emb_init is not None:
         with torch.no_grad():
-            table.normal_(std=args.emb_init)
-    opt = _optimizer(model, args)
+            for table in tables:
+                table.normal_(std=args.emb_init)
+    opt = _optimizer(model, tables, args)
     xtr, dtr, ytr = data["train"]
     n = len(xtr)
     best, best_state, bad, lr = -1.0, None, 0, args.lr
@@ -91,7 +93,7 @@ def fit(name: str, model, emb_reg: float, data: dict[str, Split], args) -> dict:
             bce = F.binary_cross_entropy_with_logits(logits, ytr[idx])
             loss = bce + model.auxiliary_loss(ytr[idx])
             if emb_reg:
-                loss = loss + emb_reg / 2 * table.pow(2).sum()
+                loss = loss + embedding_l2_penalty(tables, emb_reg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
