@@ -32,6 +32,7 @@ def add_training_args(p: argparse.ArgumentParser, max_epochs: int = 30) -> None:
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW-style decay on non-embedding weights")
+    p.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient norm (FuxiCTR: 10)")
     p.add_argument("--emb-reg", type=float, default=None, help="override the per-model embedding L2")
     p.add_argument("--emb-init", type=float, default=None, help="re-initialise the embedding table N(0, std²)")
     p.add_argument("--override", default="{}", help="JSON dict of model kwargs overriding the preset")
@@ -96,6 +97,8 @@ def fit(name: str, model, emb_reg: float, data: dict[str, Split], args) -> dict:
                 loss = loss + embedding_l2_penalty(tables, emb_reg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if args.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             opt.step()
             samples += len(idx)
             loss_sum, batches = loss_sum + bce.item(), batches + 1

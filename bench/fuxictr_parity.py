@@ -130,7 +130,21 @@ def fuxictr_side(args) -> dict:
 
 
 # --- mixrec side (the project's venv, the real `mixrec run`) -------------------------------------------------
-def mixrec_side(args, work: Path) -> dict:
+def parse_setup(text: str) -> dict:
+    """``2x0.5`` -> {num_workers: 2, cpus_per_worker: 0.5}; ``1x1t2`` also sets torch_threads: 2; a JSON object
+    after a colon adds train settings: ``2x0.5:{"shuffle_buffer_batches": 0}``."""
+    try:
+        shape, _, extra = text.partition(":")
+        workers, rest = shape.split("x")
+        cpus, _, threads = rest.partition("t")
+        setup = {"num_workers": int(workers), "cpus_per_worker": float(cpus), **json.loads(extra or "{}")}
+        return {**setup, "torch_threads": int(threads)} if threads else setup
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WORKERSxCPUS[tTHREADS][:JSON], e.g. 2x0.5, 1x1t2 or "
+                                         '2x0.5:{"shuffle_buffer_batches": 0}') from None
+
+
+def mixrec_side(args, work: Path, setup: dict) -> dict:
     import yaml
 
     schema = yaml.safe_load((REPO_ROOT / "configs" / "datasets" / "frappe.yaml").read_text())
@@ -140,8 +154,7 @@ def mixrec_side(args, work: Path) -> dict:
            "preprocess": {"min_count": 1}, "model": {"name": "dcnv2", "kwargs": MODEL},
            "train": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": LEARNING_RATE,
                      "embedding_l2": EMBEDDING_L2, "seed": args.seed,
-                     **({"num_workers": args.mixrec_workers} if args.mixrec_workers else {}),
-                     **({"cpus_per_worker": args.mixrec_cpus_per_worker} if args.mixrec_cpus_per_worker else {})},
+                     **setup},
            "registry": {"model_name": "parity-dcnv2"}}
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     mixrec = Path(sys.executable).with_name("mixrec")
@@ -163,7 +176,8 @@ def mixrec_side(args, work: Path) -> dict:
     params = train_run.data.params
     return {"side": "mixrec", "epochs": args.epochs, "batch_size": args.batch_size,
             "train_rows": int(run.data.metrics["rows_train_rows"]), "num_workers": int(params["train.num_workers"]),
-            "cpus_per_worker": float(params["train.cpus_per_worker"]),
+            "cpus_per_worker": float(params["train.cpus_per_worker"]), "torch_threads": params.get("train.torch_threads"),
+            "train_settings": {k: v for k, v in setup.items() if k not in ("num_workers", "cpus_per_worker", "torch_threads")},
             "samples_per_s": [m.value for m in history], "test_auc": result["metrics"]["test_auc"],
             "test_logloss": result["metrics"]["test_logloss"],
             "valid_calibration_by_epoch": [m.value for m in sorted(client.get_metric_history(
@@ -172,9 +186,16 @@ def mixrec_side(args, work: Path) -> dict:
             "train_step_seconds": run.data.metrics.get("step_seconds_train")}
 
 
+def setup_name(r: dict) -> str:
+    threads = f"t{r['torch_threads']}" if r.get("torch_threads") not in (None, "None") else ""
+    extra = f":{json.dumps(r['train_settings'])}" if r.get("train_settings") else ""
+    return f"{r['num_workers']}x{r['cpus_per_worker']:g}{threads}{extra}"
+
+
 def line(r: dict) -> str:
     rates = " / ".join(f"{x:,.0f}" for x in r["samples_per_s"])
-    return (f"{r['side']:8s} samples/s by epoch {rates}; test AUC {r['test_auc']:.4f}, logloss "
+    side = r["side"] if r["side"] == "fuxictr" else f"mixrec {setup_name(r)}"
+    return (f"{side:14s} samples/s by epoch {rates}; test AUC {r['test_auc']:.4f}, logloss "
             f"{r['test_logloss']:.4f}")
 
 
@@ -185,8 +206,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4096, help="global batch (mixrec: train.batch_size)")
     p.add_argument("--seed", type=int, default=2021)
-    p.add_argument("--mixrec-workers", type=int, default=None, help="train.num_workers (default: mixrec's)")
-    p.add_argument("--mixrec-cpus-per-worker", type=float, default=None, help="train.cpus_per_worker (default: mixrec's)")
+    p.add_argument("--mixrec-setup", action="append", type=parse_setup, default=None, metavar="WxC[tT][:JSON]",
+                   help="train.num_workers x train.cpus_per_worker [t train.torch_threads] [:JSON of other train "
+                        "settings], e.g. 2x0.5, 1x1t2 or 2x0.5:{\"max_grad_norm\": 10}; repeat to run several mixrec "
+                        "setups in the same run (default: mixrec's defaults)")
     p.add_argument("--skip", choices=["fuxictr", "mixrec"], help="run one side only")
     p.add_argument("--json", help="write both sides' figures and the ratios here")
     p.add_argument("--side", choices=["fuxictr"], help=argparse.SUPPRESS)  # internal: the FuxiCTR subprocess
@@ -219,21 +242,26 @@ def main() -> None:
                 results["fuxictr"] = json.loads(out.read_text())
                 print(line(results["fuxictr"]), flush=True)
         if args.skip != "mixrec":
-            (tmp / "mixrec").mkdir()
-            results["mixrec"] = mixrec_side(args, tmp / "mixrec")
-            print(line(results["mixrec"]), flush=True)
+            results["mixrec"] = []
+            for i, setup in enumerate(args.mixrec_setup or [{}]):
+                (tmp / f"mixrec{i}").mkdir()
+                results["mixrec"].append(mixrec_side(args, tmp / f"mixrec{i}", setup))
+                print(line(results["mixrec"][-1]), flush=True)
         shutil.rmtree(tmp, ignore_errors=True)
     if "fuxictr" in results and "mixrec" in results:
-        m, f = results["mixrec"], results["fuxictr"]
-        ratios = {"samples_per_s_by_epoch": [a / b for a, b in zip(m["samples_per_s"], f["samples_per_s"], strict=False)],
-                  "samples_per_s_mean": (sum(m["samples_per_s"]) / len(m["samples_per_s"]))
-                  / (sum(f["samples_per_s"]) / len(f["samples_per_s"])),
-                  "test_auc_delta": m["test_auc"] - f["test_auc"],
-                  "test_logloss_delta": m["test_logloss"] - f["test_logloss"]}
-        results["ratios"] = ratios
-        print(f"mixrec / FuxiCTR samples/s: by epoch {' / '.join(f'{x:.2f}' for x in ratios['samples_per_s_by_epoch'])}, "
-              f"mean {ratios['samples_per_s_mean']:.2f} (goal >= 1.5); test AUC {ratios['test_auc_delta']:+.4f}, "
-              f"logloss {ratios['test_logloss_delta']:+.4f} (goal: AUC >= 0, logloss <= 0)")
+        f = results["fuxictr"]
+        results["ratios"] = []
+        for m in results["mixrec"]:
+            ratios = {"samples_per_s_by_epoch": [a / b for a, b in zip(m["samples_per_s"], f["samples_per_s"], strict=False)],
+                      "samples_per_s_mean": (sum(m["samples_per_s"]) / len(m["samples_per_s"]))
+                      / (sum(f["samples_per_s"]) / len(f["samples_per_s"])),
+                      "test_auc_delta": m["test_auc"] - f["test_auc"],
+                      "test_logloss_delta": m["test_logloss"] - f["test_logloss"]}
+            results["ratios"].append(ratios)
+            print(f"mixrec {setup_name(m)} / FuxiCTR samples/s: by epoch "
+                  f"{' / '.join(f'{x:.2f}' for x in ratios['samples_per_s_by_epoch'])}, "
+                  f"mean {ratios['samples_per_s_mean']:.2f} (goal >= 1.5); test AUC {ratios['test_auc_delta']:+.4f}, "
+                  f"logloss {ratios['test_logloss_delta']:+.4f} (goal: AUC >= 0, logloss <= 0)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     if "fuxictr_error" in results:

@@ -175,6 +175,19 @@ class RankingModel(nn.Module):
         kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._hparams.items()}
         return {"name": self.name, "kwargs": kwargs}
 
+    def _init_linears(self, style: str) -> None:
+        """``linear_init`` of the baselines: ``"torch"`` keeps PyTorch's default (Kaiming-uniform weights and
+        biases); ``"xavier"`` gives every ``nn.Linear`` Xavier-normal weights and zero biases, as FuxiCTR's
+        ``BaseModel.reset_parameters`` does (the BARS configurations were tuned with it)."""
+        check(style in ("torch", "xavier"), f"linear_init must be 'torch' or 'xavier', got {style!r}")
+        if style == "xavier":
+            with torch.no_grad():
+                for module in self.modules():
+                    if isinstance(module, nn.Linear):
+                        nn.init.xavier_normal_(module.weight)
+                        if module.bias is not None:
+                            module.bias.zero_()
+
     def _zero_biases(self, *modules: nn.Module) -> None:
         """Zero the additive biases of ``modules`` (tokenizers, per-token FFNs): ``zero_bias_init=True``."""
         with torch.no_grad():

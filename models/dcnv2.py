@@ -43,7 +43,8 @@ class CrossNetV2(nn.Module):
 
 class DCNv2(RankingModel):
     """Args: embedding_dim, num_cross_layers, low_rank (None = full rank), structure
-    ("parallel" | "stacked" | "crossnet"), dnn_dims, dropout, batch_norm."""
+    ("parallel" | "stacked" | "crossnet"), dnn_dims, dropout, batch_norm, linear_init ("torch" | "xavier":
+    Xavier-normal weights and zero biases, FuxiCTR's init)."""
 
     name = "dcnv2"
 
@@ -58,6 +59,7 @@ class DCNv2(RankingModel):
         dnn_dims: tuple[int, ...] = (64, 64),
         dropout: float = 0.0,
         batch_norm: bool = False,
+        linear_init: str = "torch",
     ) -> None:
         super().__init__(layout)
         self._store_config(locals())
@@ -82,6 +84,7 @@ class DCNv2(RankingModel):
             self.dnn = MLP(n, dnn_dims, None, dropout=dropout, batch_norm=batch_norm)
             head_in = n + dnn_dims[-1]
         self.head = nn.Linear(head_in, 1)
+        self._init_linears(linear_init)
 
     def _forward(self, categorical: Tensor, dense: Tensor) -> Tensor:
         x0 = self.embedding(categorical, dense).flatten(1)

@@ -13,7 +13,8 @@ from .layers import MLP, FeatureEmbedding
 
 
 class DNN(RankingModel):
-    """Args: embedding_dim, hidden_dims (MLP widths), dropout, batch_norm, activation."""
+    """Args: embedding_dim, hidden_dims (MLP widths), dropout, batch_norm, activation, linear_init ("torch" |
+    "xavier": Xavier-normal weights and zero biases, FuxiCTR's init)."""
 
     name = "dnn"
 
@@ -26,6 +27,7 @@ class DNN(RankingModel):
         dropout: float = 0.0,
         batch_norm: bool = False,
         activation: str = "relu",
+        linear_init: str = "torch",
     ) -> None:
         super().__init__(layout)
         self._store_config(locals())
@@ -33,6 +35,7 @@ class DNN(RankingModel):
         hidden_dims = as_int_tuple("hidden_dims", hidden_dims) if hidden_dims else ()
         self.embedding = FeatureEmbedding(layout, embedding_dim)
         self.mlp = MLP(layout.num_fields * embedding_dim, hidden_dims, 1, activation, dropout, batch_norm)
+        self._init_linears(linear_init)
 
     def _forward(self, categorical: Tensor, dense: Tensor) -> Tensor:
         return self.mlp(self.embedding(categorical, dense).flatten(1)).squeeze(-1)

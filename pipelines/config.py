@@ -102,6 +102,9 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0.0, description="<1 leaves CPUs for Ray Data on small machines")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker; default: "
+                                      "max(1, int(cpus_per_worker)). More than the worker's CPUs lends it the CPU "
+                                      "Ray Data reads with, which waits idle for most of a step on small data")
     use_gpu: bool = False
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="SPREAD/STRICT_SPREAD put the workers on different nodes of a cluster")
@@ -113,6 +116,11 @@ class TrainConfig(_Section):
     embedding_l2: float = Field(0.0, ge=0.0, description="L2 penalty on the embedding table added to every step's "
                                 "loss: embedding_l2 / 2 * sum of squared table entries (FuxiCTR's "
                                 "`embedding_regularizer`; the BARS presets use 0.01-0.05)")
+    shuffle_buffer_batches: int = Field(8, ge=0, description="shuffle each worker's training rows in a buffer "
+                                        "of this many batches (Ray Data's local shuffle, a new order every epoch); "
+                                        "0: file order")
+    max_grad_norm: float | None = Field(None, gt=0.0, description="clip the global gradient norm of each step "
+                                        "to this (FuxiCTR clips at 10); default: no clipping")
     precise_bn_batches: int = Field(16, ge=0, description="at each epoch's end, recompute every BatchNorm's "
                                     "running statistics on the current weights, dropout off, over the epoch's last "
                                     "N training batches per worker (eval mode is calibrated again); 0: keep the "
@@ -139,6 +147,11 @@ class TrainConfig(_Section):
             raise ValueError(f"batch_size {self.batch_size} is global and must split evenly over num_workers "
                              f"{self.num_workers}")
         return self
+
+    @property
+    def worker_threads(self) -> int:
+        """torch intra-op threads of each worker: ``torch_threads``, else the worker's whole CPUs (at least 1)."""
+        return self.torch_threads or max(1, int(self.cpus_per_worker))
 
     @property
     def worker_batch_size(self) -> int:

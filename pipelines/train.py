@@ -154,8 +154,11 @@ class TrainWorker:
         every = self.cfg["checkpoint_every_steps"]
         stats = EpochStats(steps=0, resumed_from_step=self.skip_steps, loss_sum=0.0, samples=0, seconds=0.0)
         t0 = time.perf_counter()
+        buffer_rows = self.cfg.get("shuffle_buffer_batches", 0) * self.cfg["batch_size"]
+        shuffle = ({"local_shuffle_buffer_size": buffer_rows,
+                    "local_shuffle_seed": self.cfg["seed"] * 1_000_003 + epoch * 1_009 + self.rank} if buffer_rows else {})
         for columns in self.train_shard.iter_torch_batches(batch_size=self.cfg["batch_size"], dtypes=COLUMN_DTYPES,
-                                                           prefetch_batches=2):
+                                                           prefetch_batches=2, **shuffle):
             if stats.steps < self.skip_steps:  # resuming mid-epoch: trained on before the failure
                 stats.steps += 1
                 continue
@@ -186,6 +189,8 @@ class TrainWorker:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.cfg.get("max_grad_norm"):
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["max_grad_norm"])
         for opt in self.optimizers.values():
             opt.step()
         for scheduler in self.schedulers.values():
@@ -304,9 +309,10 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
         "model_name": model_name, "model_kwargs": model_kwargs, "layout": asdict(layout),
         "preprocessor": preprocessor.to_json(), "epochs": cfg.epochs, "batch_size": cfg.worker_batch_size,
         "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "embedding_l2": cfg.embedding_l2,
+        "max_grad_norm": cfg.max_grad_norm, "shuffle_buffer_batches": cfg.shuffle_buffer_batches,
         "precise_bn_batches": cfg.precise_bn_batches,
         "seed": cfg.seed,
-        "torch_threads": max(1, int(cfg.cpus_per_worker)), "tracking_uri": tracking_uri,
+        "torch_threads": cfg.worker_threads, "tracking_uri": tracking_uri,
         "optimizer": cfg.optimizer, "embedding_optimizer": cfg.embedding_optimizer,
         "embedding_learning_rate": cfg.embedding_learning_rate, "early_stopping_patience": cfg.early_stopping_patience,
         "use_gpu": cfg.use_gpu, "precision": cfg.precision, "compile": cfg.compile, "warmup_steps": cfg.warmup_steps,

@@ -205,3 +205,18 @@ def test_zero_bias_init_and_embedding_init_std(name):
     default = build_model(name, LAYOUT)
     assert any(p.any() for n, p in default.named_parameters() if n.startswith("tokenizer") and n.endswith("bias"))
     assert default.embedding.table.weight.std().item() == pytest.approx(1e-4, rel=0.3)
+
+
+@pytest.mark.parametrize("name", ["dnn", "dcnv2"])
+def test_xavier_linear_init(name):
+    torch.manual_seed(0)
+    model = build_model(name, LAYOUT, linear_init="xavier", hidden_dims=(64, 32)) if name == "dnn" else \
+        build_model(name, LAYOUT, linear_init="xavier", dnn_dims=(64, 32))
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(not m.bias.any() for m in linears)
+    first = linears[0]
+    fan_in, fan_out = first.weight.shape[1], first.weight.shape[0]
+    assert first.weight.std().item() == pytest.approx((2 / (fan_in + fan_out)) ** 0.5, rel=0.2)
+    assert all(m.bias.any() for m in build_model(name, LAYOUT).modules() if isinstance(m, torch.nn.Linear))
+    with pytest.raises(ValueError, match="linear_init"):
+        build_model(name, LAYOUT, linear_init="he")

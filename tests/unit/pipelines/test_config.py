@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mixrec.pipelines.config import ConfigError, PipelineConfig, load_config, parse_config
+from mixrec.pipelines.config import ConfigError, PipelineConfig, TrainConfig, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -75,9 +75,23 @@ def test_bad_model_config_is_rejected_before_any_work(model, match):
 
 
 def test_batch_size_is_global_and_splits_over_workers():
-    from mixrec.pipelines.config import TrainConfig
 
     assert TrainConfig(num_workers=4, batch_size=1024).worker_batch_size == 256
     assert TrainConfig(num_workers=1, batch_size=1024).worker_batch_size == 1024
+
+
+def test_worker_threads_default_to_whole_cpus_and_can_be_set():
+    assert TrainConfig(cpus_per_worker=0.5).worker_threads == 1
+    assert TrainConfig(num_workers=1, cpus_per_worker=2.5).worker_threads == 2
+    assert TrainConfig(num_workers=1, cpus_per_worker=1, torch_threads=2).worker_threads == 2
+    with pytest.raises(ValueError, match="torch_threads"):
+        TrainConfig(torch_threads=0)
     with pytest.raises(ConfigError, match=r"train: .*batch_size 1000 .*num_workers 3"):
         parse_config({"train": {"num_workers": 3, "batch_size": 1000}})
+
+
+def test_max_grad_norm_must_be_positive():
+    assert TrainConfig().max_grad_norm is None
+    assert TrainConfig(max_grad_norm=10).max_grad_norm == 10
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        TrainConfig(max_grad_norm=0)
