@@ -73,7 +73,7 @@ def step_throughput(model, batch: int, steps: int, device: str) -> float:
     return batch * steps / (clock() - t0)
 
 
-def ray_train_ratio(model_name: str, kwargs: dict, rows: int, batch: int) -> dict:
+def ray_train_ratio(model_name: str, kwargs: dict, rows: int, batch: int, train_settings: dict) -> dict:
     """Bare loop vs Ray Train (1 worker) over the same preprocessed rows, same batch size, same threads."""
     import tempfile
     from pathlib import Path
@@ -100,7 +100,7 @@ def ray_train_ratio(model_name: str, kwargs: dict, rows: int, batch: int) -> dic
 
     arrays = pre.transform_batch(frame)
     cat, dense, y = (torch.from_numpy(arrays[k]) for k in ("categorical", "dense", "label"))
-    cfg = TrainConfig(num_workers=1, cpus_per_worker=float(threads), epochs=2, batch_size=batch)
+    cfg = TrainConfig(num_workers=1, cpus_per_worker=float(threads), epochs=2, batch_size=batch, **train_settings)
 
     def bare_loop() -> float:
         """The same model, optimizer and batches as the Ray Train loop, from in-memory tensors."""
@@ -116,6 +116,8 @@ def ray_train_ratio(model_name: str, kwargs: dict, rows: int, batch: int) -> dic
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.max_grad_norm:  # as the Ray Train step does
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 for opt in optimizers:
                     opt.step()
             rate = len(y) / (time.perf_counter() - t0)
@@ -141,6 +143,8 @@ def main() -> None:
     ap.add_argument("--ratio-model", default="rankmixer")
     ap.add_argument("--ratio-rows", type=int, default=100_000)
     ap.add_argument("--skip-ratio", action="store_true", help="MFU table only")
+    ap.add_argument("--train", default="{}", help="JSON of train settings for the ratio's Ray Train run, e.g. "
+                    "'{\"shuffle_buffer_batches\": 0}'")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -168,7 +172,7 @@ def main() -> None:
         del model
     ratio = None
     if not args.skip_ratio:
-        ratio = ray_train_ratio(args.ratio_model, {}, args.ratio_rows, 1024)
+        ratio = ray_train_ratio(args.ratio_model, {}, args.ratio_rows, 1024, json.loads(args.train))
         print(f"Ray Train (1 worker) vs bare PyTorch loop, {args.ratio_model}, {ratio['rows']:,} rows, batch "
               f"{ratio['batch']}: {ratio['ray_train_samples_per_s']:,.0f} vs {ratio['bare_samples_per_s_before']:,.0f} "
               f"(before) / {ratio['bare_samples_per_s_after']:,.0f} (after) samples/s, ratio {ratio['ratio']:.2f}")

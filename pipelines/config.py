@@ -119,8 +119,8 @@ class TrainConfig(_Section):
     shuffle_buffer_batches: int = Field(8, ge=0, description="shuffle each worker's training rows in a buffer "
                                         "of this many batches (Ray Data's local shuffle, a new order every epoch); "
                                         "0: file order")
-    max_grad_norm: float | None = Field(None, gt=0.0, description="clip the global gradient norm of each step "
-                                        "to this (FuxiCTR clips at 10); default: no clipping")
+    max_grad_norm: float | None = Field(10.0, gt=0.0, description="clip the global gradient norm of each step to "
+                                        "this, as FuxiCTR does by default (10); null: no clipping")
     precise_bn_batches: int = Field(16, ge=0, description="at each epoch's end, recompute every BatchNorm's "
                                     "running statistics on the current weights, dropout off, over the epoch's last "
                                     "N training batches per worker (eval mode is calibrated again); 0: keep the "

@@ -91,7 +91,7 @@ def test_worker_threads_default_to_whole_cpus_and_can_be_set():
 
 
 def test_max_grad_norm_must_be_positive():
-    assert TrainConfig().max_grad_norm is None
-    assert TrainConfig(max_grad_norm=10).max_grad_norm == 10
+    assert TrainConfig().max_grad_norm == 10.0
+    assert TrainConfig(max_grad_norm=None).max_grad_norm is None
     with pytest.raises(ValueError, match="max_grad_norm"):
         TrainConfig(max_grad_norm=0)
