@@ -28,7 +28,8 @@ def tune(study: Annotated[Path, typer.Argument(help="study YAML (see configs/stu
     for arch, fit in out["analysis"]["fits"].items():
         for axis, f in fit.items():
             typer.echo(f"{arch:<14} loss ~ C^-alpha vs {axis:<15} alpha={f['alpha']:.3f} "
-                       f"[{f['alpha_low']:.3f}, {f['alpha_high']:.3f}] ({f['points']} points) {f['note']}")
+                       f"[{f['alpha_low']:.3f}, {f['alpha_high']:.3f}] log-log slope={f['slope']:.3f} "
+                       f"[{f['slope_low']:.3f}, {f['slope_high']:.3f}] ({f['points']} points) {f['note']}")
     pick = out["analysis"]["roi_pick"]
     if pick:
         typer.echo(f"ROI pick (budget {out['analysis']['flops_budget']} FLOPs/example): {pick['id']} "

@@ -48,6 +48,14 @@ def _trial(config: dict, datasets: dict, preprocessor, study_json: dict, storage
     tune.report({**{k: v for k, v in outcome.metrics.items() if isinstance(v, int | float)}, "done": True})
 
 
+def uses_asha(study: StudyConfig) -> bool:
+    """ASHA only where it can stop a trial early: several learning rates and more than one epoch. With one
+    epoch its only rung is the end of training, so it would save nothing, and a trial it stops leaves its Ray
+    Train placement group behind (Ray 2.60: the CPU stays reserved and every later trial waits for it until
+    its worker group times out), so one-epoch studies run every learning rate to the end (FIFO)."""
+    return len(study.learning_rates) > 1 and study.epochs > 1
+
+
 def _run_point(study: StudyConfig, point: dict, row: dict, trainable, train_rows: int, out_dir: Path) -> None:
     """One Tune experiment for ``point`` (a trial per learning rate); its outcome goes into ``row``."""
     from ray import tune
@@ -55,7 +63,7 @@ def _run_point(study: StudyConfig, point: dict, row: dict, trainable, train_rows
 
     lrs = study.learning_rates or [study.pipeline.train.learning_rate]
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=study.epochs + 1, grace_period=1,
-                              reduction_factor=2) if len(lrs) > 1 else None
+                              reduction_factor=2) if uses_asha(study) else None
     tuner = tune.Tuner(
         trainable,
         param_space={"point": point, "learning_rate": tune.grid_search(lrs)},

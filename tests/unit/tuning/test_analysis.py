@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mixrec.tuning.analysis import analyse, fit_power_law, plot
+from mixrec.tuning.analysis import analyse, fit_power_law, log_slope, plot
 
 
 def test_fit_recovers_a_planted_exponent_with_an_interval():
@@ -18,6 +18,28 @@ def test_fit_recovers_a_planted_exponent_with_an_interval():
     assert fit["points"] == 6 and fit["note"] == ""
     assert fit["alpha"] == pytest.approx(0.35, abs=1e-3) and fit["c"] == pytest.approx(0.4, abs=1e-3)
     assert fit["alpha_low"] <= fit["alpha"] <= fit["alpha_high"]
+
+
+def test_intervals_use_the_student_t_quantile_of_the_points_left_over():
+    from scipy import stats
+
+    x = np.geomspace(1e3, 1e5, 5)
+    noise = np.array([0.004, -0.003, 0.002, -0.004, 0.003])
+    fit = fit_power_law(x, 0.3 * (x / x[0]) ** -0.4 + 0.35 + noise)
+    # 5 points, 3 parameters: t(2) = 4.30, where the normal quantile would give an interval 2.2x too narrow
+    assert fit["alpha_high"] - fit["alpha"] == pytest.approx(stats.t.ppf(0.975, 2) * fit["alpha_se"])
+    slope = log_slope(x, 0.5 * x ** -0.1 * np.exp(noise))
+    res = stats.linregress(np.log(x), np.log(0.5 * x ** -0.1 * np.exp(noise)))
+    assert slope["slope"] == pytest.approx(0.1, abs=0.01)
+    assert slope["slope_high"] - slope["slope"] == pytest.approx(stats.t.ppf(0.975, 3) * res.stderr)
+    assert fit["slope_low"] < fit["slope"] < fit["slope_high"]  # every fit carries the floor-free slope too
+
+
+def test_a_pure_power_law_gives_its_exponent_as_the_log_log_slope():
+    x = np.geomspace(1e3, 1e6, 6)
+    slope = log_slope(x, 2.0 * x ** -0.25)
+    assert slope["slope"] == pytest.approx(0.25) and slope["slope_high"] - slope["slope_low"] < 1e-6
+    assert math.isnan(log_slope(x[:2], x[:2] ** -0.25)["slope"])
 
 
 @pytest.mark.filterwarnings("ignore:Covariance of the parameters could not be estimated")

@@ -58,3 +58,12 @@ def test_points_cover_the_grid_with_stable_ids():
 def test_the_shipped_studies_parse_and_every_point_builds(path):
     study = load_study(path)
     assert len(points(study)) >= 2
+
+
+@pytest.mark.parametrize("lrs, epochs, asha", [([0.001, 0.003], 2, True), ([0.001, 0.003], 1, False),
+                                               ([0.003], 3, False), ([], 3, False)])
+def test_asha_only_where_it_can_stop_a_trial_early(lrs, epochs, asha):
+    from mixrec.tuning.study import uses_asha
+
+    study = StudyConfig.model_validate({**STUDY, "learning_rates": lrs, "epochs": epochs})
+    assert uses_asha(study) is asha
