@@ -8,7 +8,7 @@ L2 on the embedding table (FuxiCTR ``embedding_regularizer``).
 The loop, the curves and the mean ± std table are ``bench/ctr_train.py``. Usage (from the repo root)::
 
     OMP_NUM_THREADS=1 python bench/frappe_quality.py --models dnn,dcnv2 --seed 2021 --results /tmp/frappe.jsonl
-    python bench/frappe_quality.py --table-only --results /tmp/frappe.jsonl
+    python bench/frappe_quality.py --table-only --results /tmp/frappe.jsonl [--curves]
 
 Reads ``train_reconstructed.parquet``, ``valid.parquet``, ``test.parquet`` from ``--data``
 (default ``../shared/data/frappe`` relative to the repo root). Prints a markdown table:
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from ctr_train import add_training_args, append, fit, read, table
+from ctr_train import add_training_args, append, curves_table, fit, read, table
 
 from mixrec.models import FeatureLayout, build_model
 
@@ -75,10 +75,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(REPO_ROOT / ".." / "shared" / "data" / "frappe"))
     p.add_argument("--models", default=",".join(CONFIGS), help=f"comma list of {list(CONFIGS)}")
+    p.add_argument("--curves", action="store_true", help="with --table-only: also the per-epoch curves")
     add_training_args(p)
     args = p.parse_args()
     if args.table_only:
-        print(table(read(args.results)))
+        rows = read(args.results)
+        print(table(rows))
+        if args.curves:
+            print("\n" + curves_table(rows))
         return
     torch.set_num_threads(args.threads)
     layout, data = load(Path(args.data))
