@@ -50,6 +50,16 @@ CONFIGS: dict[str, tuple[str, dict, float]] = {
                                                           moe_alpha=2.0, tower_dims=(400, 400), dropout=0.2), 0.05),
     "unimixer": ("unimixer", dict(embedding_dim=10, num_tokens=5, d_model=64, num_layers=4, block_size=8,
                                   ffn_ratio=2, tau_anneal_steps=300, tower_dims=(400, 400), dropout=0.2), 0.05),
+    # The UniMixer authors' public Frappe recipe (one token per field, 2 blocks, fixed τ 0.2, embedding L2 5e-3;
+    # they also use weight decay 5e-5: pass --weight-decay 5e-5) with embedding 128 but d_model 64 instead of
+    # their 128 (2.5× cheaper, fits the 2-core host); TokenMixer-Large the same with d_model 32 (+ the global
+    # token). Why these and not the presets: docs/models.md, "Frappe quality".
+    "unimixer_authors": ("unimixer", dict(embedding_dim=128, num_tokens=10, d_model=64, num_layers=2, block_size=8,
+                                          ffn_ratio=2, tau_start=0.2, tau_end=0.2, tau_anneal_steps=0,
+                                          tower_dims=(400, 400), dropout=0.2), 0.005),
+    "tokenmixer_large_authors": ("tokenmixer_large", dict(embedding_dim=128, num_tokens=11, d_model=32, num_heads=4,
+                                                          num_layers=2, ffn_ratio=2, tower_dims=(400, 400),
+                                                          dropout=0.2), 0.005),
     "unimixer_lite": ("unimixer_lite", dict(embedding_dim=10, num_tokens=5, d_model=64, num_layers=4, block_size=4,
                                             num_basis=4, ffn_ratio=2, tau_anneal_steps=300, tower_dims=(400, 400),
                                             dropout=0.2), 0.05),
