@@ -161,3 +161,18 @@ def table(rows: list[dict], extra: dict[str, callable] | None = None) -> str:
                  "/".join(str(r["epochs"]) for r in g)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def curves_table(rows: list[dict]) -> str:
+    """Per run (model, variant, seed): validation AUC and train logloss at each epoch, ``valid / train``;
+    ``*`` marks the best-validation epoch (the weights tested)."""
+    n = max(len(r["curves"]) for r in rows)
+    head = ["model", "variant", "seed", *(str(e) for e in range(1, n + 1))]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---:|" + "---:|" * n]
+    for r in sorted(rows, key=lambda r: (r["model"], r.get("variant", ""), r["seed"])):
+        best = max(range(len(r["curves"])), key=lambda i: r["curves"][i]["valid_auc"])
+        cells = [f"{c['valid_auc']:.4f}{'*' if i == best else ''} / {c['train_logloss']:.3f}"
+                 for i, c in enumerate(r["curves"])]
+        lines.append("| " + " | ".join([r["model"], r.get("variant", "") or "preset", str(r["seed"]), *cells,
+                                        *([""] * (n - len(cells)))]) + " |")
+    return "\n".join(lines)
