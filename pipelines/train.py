@@ -154,9 +154,8 @@ class TrainWorker:
         every = self.cfg["checkpoint_every_steps"]
         stats = EpochStats(steps=0, resumed_from_step=self.skip_steps, loss_sum=0.0, samples=0, seconds=0.0)
         t0 = time.perf_counter()
-        buffer_rows = self.cfg.get("shuffle_buffer_batches", 0) * self.cfg["batch_size"]
-        shuffle = ({"local_shuffle_buffer_size": buffer_rows,
-                    "local_shuffle_seed": self.cfg["seed"] * 1_000_003 + epoch * 1_009 + self.rank} if buffer_rows else {})
+        shuffle = shuffle_options(self.cfg["shuffle_buffer_batches"], self.cfg["batch_size"], self.cfg["seed"], epoch,
+                                  self.rank)
         for columns in self.train_shard.iter_torch_batches(batch_size=self.cfg["batch_size"], dtypes=COLUMN_DTYPES,
                                                            prefetch_batches=2, **shuffle):
             if stats.steps < self.skip_steps:  # resuming mid-epoch: trained on before the failure
@@ -189,7 +188,7 @@ class TrainWorker:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()
-        if self.cfg.get("max_grad_norm"):
+        if self.cfg["max_grad_norm"]:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["max_grad_norm"])
         for opt in self.optimizers.values():
             opt.step()
@@ -254,6 +253,15 @@ class TrainWorker:
             if self.mlflow and epoch_end and self.cfg["log_checkpoints"] == "every_epoch":
                 self.mlflow.log_artifacts(self.cfg["mlflow_run_id"], tmp, f"checkpoints/epoch-{next_epoch - 1:03d}")
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def shuffle_options(buffer_batches: int, batch_size: int, seed: int, epoch: int, rank: int) -> dict:
+    """Ray Data local-shuffle arguments of one worker's epoch: a buffer of ``buffer_batches`` batches, seeded by
+    (seed, epoch, rank) so every epoch has a new order and a rerun the same one; ``{}`` (file order) for 0."""
+    if not buffer_batches:
+        return {}
+    return {"local_shuffle_buffer_size": buffer_batches * batch_size,
+            "local_shuffle_seed": seed * 1_000_003 + epoch * 1_009 + rank}
 
 
 def train_loop_per_worker(cfg: dict) -> None:
