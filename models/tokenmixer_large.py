@@ -19,7 +19,7 @@
   shared and always on, softmax router over the E−1 routed ones, top-(k−1), gate scale α; applied to both
   SwiGLUs of every block (as reimplementations do). Active ratio = k/E.
 * Output [I]: final RMSNorm, mean over all T tokens (``pooling="mean"``; ``"global"`` reads the global
-  token) → tower.
+  token; ``"flatten"`` feeds the T·D vector) → tower.
 
 Auxiliary towers need labels: pass ``labels=`` to ``forward`` or to ``auxiliary_loss``; without labels the
 auxiliary BCE is 0.
@@ -136,7 +136,8 @@ class TokenMixerLargeBlock(nn.Module):
 class TokenMixerLarge(RankingModel):
     """Args: embedding_dim, num_tokens (T incl. the global token), d_model (D), num_heads (H, divides D),
     num_layers, ffn_ratio (n), inter_residual_every (r, 0 = off), aux_loss_weight, down_init_scale,
-    global_token, pooling ("mean" | "global"), tower_dims, dropout, embedding_norm, embedding_init_std,
+    global_token, pooling ("mean" [P] | "global": the global token | "flatten": the T·D vector [I]), tower_dims,
+    dropout, embedding_norm, embedding_init_std,
     zero_bias_init (tokenizer biases), num_experts (E; 1 = dense),
     top_k (active experts incl. the shared one), moe_alpha (α), moe_impl ("sparse" | "masked" reference)."""
 
@@ -179,7 +180,8 @@ class TokenMixerLarge(RankingModel):
             f"num_tokens ({num_tokens}) must be in [{1 + int(global_token)}, {layout.num_fields + int(global_token)}]"
             f" (one token per group of fields{' + the global token' if global_token else ''})",
         )
-        check(pooling in ("mean", "global"), f"pooling must be one of ['global', 'mean'], got {pooling!r}")
+        check(pooling in ("mean", "global", "flatten"),
+              f"pooling must be one of ['flatten', 'global', 'mean'], got {pooling!r}")
         check(pooling != "global" or global_token, "pooling='global' needs global_token=True")
         check(inter_residual_every >= 0, f"inter_residual_every must be >= 0, got {inter_residual_every}")
         check(num_experts >= 1, f"num_experts must be >= 1, got {num_experts}")
@@ -201,18 +203,21 @@ class TokenMixerLarge(RankingModel):
         )
         r = self.inter_residual_every = int(inter_residual_every)
         self.residual_layers = [i for i in range(1, num_layers) if r and i % r == 0]  # 1-indexed, not last
+        pooled = d_model * (num_tokens if pooling == "flatten" else 1)
         self.aux_towers = nn.ModuleDict(
-            {str(i): Tower(d_model, tower_dims, dropout=dropout) for i in self.residual_layers}
+            {str(i): Tower(pooled, tower_dims, dropout=dropout) for i in self.residual_layers}
             if aux_loss_weight > 0 else {}
         )
         self._aux_logit_weight = float(aux_loss_weight)
         self.final_norm = nn.RMSNorm(d_model)
-        self.tower = Tower(d_model, tower_dims, dropout=dropout)
+        self.tower = Tower(pooled, tower_dims, dropout=dropout)
         self._load: Tensor | None = None
         if zero_bias_init:
             self._zero_biases(self.tokenizer)  # the blocks have no biases
 
     def _pool(self, x: Tensor) -> Tensor:
+        if self.pooling == "flatten":
+            return x.flatten(1)
         return x[:, 0] if self.pooling == "global" else x.mean(dim=1)
 
     def _forward(self, categorical: Tensor, dense: Tensor) -> Tensor:

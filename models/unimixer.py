@@ -183,7 +183,8 @@ class UniMixerBlock(nn.Module):
 class UniMixer(RankingModel):
     """Args: embedding_dim, num_tokens (T), d_model (D), num_layers, block_size (B_s | T·D), ffn_ratio,
     tau_start, tau_end, tau_anneal_steps, sinkhorn_iters (None = enough for the smallest τ), symmetric,
-    flatten_order, mixing_init_std, tower_dims, dropout, embedding_norm, embedding_init_std, zero_bias_init
+    flatten_order, mixing_init_std, pooling ("mean" over tokens [P] | "flatten": the T·D vector [I]), tower_dims,
+    dropout, embedding_norm, embedding_init_std, zero_bias_init
     (tokenizer and SwiGLU biases), shared_projection; per-token SP-MoE on the SwiGLU
     (as in TokenMixer-Large): num_experts (1 = dense), top_k, moe_alpha, moe_impl; Lite only: num_basis (b),
     rank (r, None = M/8)."""
@@ -208,6 +209,7 @@ class UniMixer(RankingModel):
         symmetric: bool = True,
         flatten_order: str = "token",
         mixing_init_std: float = 1.0,
+        pooling: str = "mean",
         tower_dims: tuple[int, ...] = (64,),
         dropout: float = 0.0,
         embedding_norm: bool = True,
@@ -230,6 +232,7 @@ class UniMixer(RankingModel):
         check(tau_start > 0 and tau_end > 0, f"tau_start and tau_end must be > 0, got {tau_start}, {tau_end}")
         check(tau_anneal_steps >= 0, f"tau_anneal_steps must be >= 0, got {tau_anneal_steps}")
         check(ffn_ratio > 0, f"ffn_ratio must be > 0, got {ffn_ratio}")
+        check(pooling in ("mean", "flatten"), f"pooling must be one of ['flatten', 'mean'], got {pooling!r}")
         tower_dims = as_int_tuple("tower_dims", tower_dims) if tower_dims else ()
         self.T, self.D = num_tokens, d_model
         self.tau_start, self.tau_end, self.tau_anneal_steps = float(tau_start), float(tau_end), int(tau_anneal_steps)
@@ -251,7 +254,8 @@ class UniMixer(RankingModel):
         self.norms_x = nn.ModuleList(nn.RMSNorm(d_model) for _ in range(num_layers))
         self.norms_y = nn.ModuleList(nn.RMSNorm(d_model) for _ in range(num_layers))
         self.norm_out = nn.RMSNorm(d_model)
-        self.tower = Tower(d_model, tower_dims, dropout=dropout)
+        self.pooling = pooling
+        self.tower = Tower(d_model * (num_tokens if pooling == "flatten" else 1), tower_dims, dropout=dropout)
         self.register_buffer("tau_step", torch.tensor(0, dtype=torch.long))
         if zero_bias_init:
             self._zero_biases(self.tokenizer, self.blocks)
@@ -283,7 +287,7 @@ class UniMixer(RankingModel):
         if masks:
             with torch.no_grad():  # per-expert load: fraction of token rows each expert ran on
                 self._load = torch.stack([m.float().mean((0, 1)) for m in masks]).mean(0)
-        return self.tower(out.mean(dim=1))
+        return self.tower(out.flatten(1) if self.pooling == "flatten" else out.mean(dim=1))
 
     def routing_stats(self) -> dict[str, float | list[float]]:
         """Achieved active-expert ratio (incl. the shared expert) of the last forward (1.0 when dense) and the

@@ -101,6 +101,8 @@ FLOP_CASES = [(name, dict(moe_impl="masked") if name == "rankmixer_moe" else {})
     ("tokenmixer_large_moe", dict(num_experts=8, top_k=3, ffn_ratio=4)),
     ("unimixer", dict(num_tokens=8, d_model=16, block_size=8, num_layers=3)),
     ("unimixer", dict(block_size=16, flatten_order="channel")),
+    ("unimixer", dict(pooling="flatten", tower_dims=(32, 16))),
+    ("tokenmixer_large", dict(pooling="flatten", num_layers=3, tower_dims=(32,))),
     ("unimixer_lite", dict(num_tokens=8, d_model=16, block_size=2, rank=4, num_basis=2)),
     ("wukong", dict(num_layers=3, num_fm_embeddings=6, num_lcb_embeddings=2, fm_rank=5, fmb_mlp_dims=(32, 16))),
     ("wukong", dict(num_layers=2, num_fm_embeddings=4, num_lcb_embeddings=3)),  # n_in == n_out later
@@ -263,6 +265,7 @@ def test_unimixer_temperature_schedule_and_no_train_eval_mismatch(name):
         ("tokenmixer_large_moe", dict(num_experts=3), "num_experts .* divide"),
         ("tokenmixer_large", dict(num_tokens=12), "num_tokens"),
         ("tokenmixer_large", dict(pooling="max"), "pooling"),
+        ("unimixer", dict(pooling="global"), "pooling"),
         ("unimixer", dict(block_size=5), "block_size .* must divide"),
         ("unimixer_lite", dict(block_size=4, rank=1000), "rank"),
         ("unimixer", dict(flatten_order="zigzag"), "flatten_order"),
