@@ -263,6 +263,19 @@ class PerTokenSwiGLU(nn.Module):
         return self.up_gate.flops() + self.down.flops()
 
 
+def pooled_width(pooling: str, num_tokens: int, d_model: int) -> int:
+    """Width of :func:`pool_tokens`'s output: T·D for ``"flatten"``, else D."""
+    return num_tokens * d_model if pooling == "flatten" else d_model
+
+
+def pool_tokens(x: Tensor, pooling: str) -> Tensor:
+    """Token outputs [B, T, D] -> the tower input: [B, D] for ``"mean"`` (over tokens) and ``"global"`` (token 0),
+    [B, T·D] for ``"flatten"``."""
+    if pooling == "flatten":
+        return x.flatten(1)
+    return x[:, 0] if pooling == "global" else x.mean(dim=1)
+
+
 class Tower(nn.Module):
     """Task tower: [B, in_dim] -> logits [B]."""
 

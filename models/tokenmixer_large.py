@@ -12,7 +12,7 @@
 
   H (``num_heads``) is independent of T (D must be divisible by H).
 * Depth aids §3.4: inter-layer residual ``X^(ℓ) += X^(ℓ−r)`` every r = ``inter_residual_every`` blocks,
-  never at the last block; an auxiliary tower on the (final-RMSNorm-free, mean-pooled [I]) representation at
+  never at the last block; an auxiliary tower on the (final-RMSNorm-free, pooled as the output [I]) representation at
   those positions, loss weight ``aux_loss_weight`` ([I] λ = 0.1); W_down init scaled by ``down_init_scale``
   (0.01, Table 14).
 * SP-MoE §3.5 Eq. 19–21 (``num_experts`` > 1): each token's SwiGLU hidden sliced into E experts, expert 0
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import FeatureLayout, RankingModel, as_int_tuple, check, inherits_keywords
-from .layers import MLP, FeatureEmbedding, PerTokenLinear, PerTokenSwiGLU, Tower
+from .layers import MLP, FeatureEmbedding, PerTokenLinear, PerTokenSwiGLU, Tower, pool_tokens, pooled_width
 from .mixing import token_mix, token_revert
 from .moe import SPMoESwiGLU
 
@@ -203,7 +203,7 @@ class TokenMixerLarge(RankingModel):
         )
         r = self.inter_residual_every = int(inter_residual_every)
         self.residual_layers = [i for i in range(1, num_layers) if r and i % r == 0]  # 1-indexed, not last
-        pooled = d_model * (num_tokens if pooling == "flatten" else 1)
+        pooled = pooled_width(pooling, num_tokens, d_model)
         self.aux_towers = nn.ModuleDict(
             {str(i): Tower(pooled, tower_dims, dropout=dropout) for i in self.residual_layers}
             if aux_loss_weight > 0 else {}
@@ -215,11 +215,6 @@ class TokenMixerLarge(RankingModel):
         if zero_bias_init:
             self._zero_biases(self.tokenizer)  # the blocks have no biases
 
-    def _pool(self, x: Tensor) -> Tensor:
-        if self.pooling == "flatten":
-            return x.flatten(1)
-        return x[:, 0] if self.pooling == "global" else x.mean(dim=1)
-
     def _forward(self, categorical: Tensor, dense: Tensor) -> Tensor:
         x = self.tokenizer(self.embedding(categorical, dense))
         outs = [x]  # outs[l] = representation after block l
@@ -230,12 +225,12 @@ class TokenMixerLarge(RankingModel):
             if i in self.residual_layers:
                 x = x + outs[i - self.inter_residual_every]
                 if self.training and str(i) in self.aux_towers:
-                    self._aux_logits.append(self.aux_towers[str(i)](self._pool(x)))
+                    self._aux_logits.append(self.aux_towers[str(i)](pool_tokens(x, self.pooling)))
             outs.append(x)
         if masks:
             with torch.no_grad():  # per-expert load: fraction of token rows each expert ran on
                 self._load = torch.stack([m.float().mean((0, 1)) for m in masks]).mean(0)
-        return self.tower(self._pool(self.final_norm(x)))
+        return self.tower(pool_tokens(self.final_norm(x), self.pooling))
 
     def routing_stats(self) -> dict[str, float | list[float]]:
         """Achieved active-expert ratio (incl. the shared expert) of the last forward (1.0 when dense) and the

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .base import FeatureLayout, RankingModel, as_int_tuple, check, inherits_keywords
-from .layers import ConcatTokenizer, FeatureEmbedding, PerTokenSwiGLU, Tower
+from .layers import ConcatTokenizer, FeatureEmbedding, PerTokenSwiGLU, Tower, pool_tokens, pooled_width
 from .mixing import global_local_mix, log_sinkhorn, sinkhorn_iterations
 from .moe import SPMoESwiGLU
 from .rankmixer import check_token_config
@@ -255,7 +255,7 @@ class UniMixer(RankingModel):
         self.norms_y = nn.ModuleList(nn.RMSNorm(d_model) for _ in range(num_layers))
         self.norm_out = nn.RMSNorm(d_model)
         self.pooling = pooling
-        self.tower = Tower(d_model * (num_tokens if pooling == "flatten" else 1), tower_dims, dropout=dropout)
+        self.tower = Tower(pooled_width(pooling, num_tokens, d_model), tower_dims, dropout=dropout)
         self.register_buffer("tau_step", torch.tensor(0, dtype=torch.long))
         if zero_bias_init:
             self._zero_biases(self.tokenizer, self.blocks)
@@ -287,7 +287,7 @@ class UniMixer(RankingModel):
         if masks:
             with torch.no_grad():  # per-expert load: fraction of token rows each expert ran on
                 self._load = torch.stack([m.float().mean((0, 1)) for m in masks]).mean(0)
-        return self.tower(out.flatten(1) if self.pooling == "flatten" else out.mean(dim=1))
+        return self.tower(pool_tokens(out, self.pooling))
 
     def routing_stats(self) -> dict[str, float | list[float]]:
         """Achieved active-expert ratio (incl. the shared expert) of the last forward (1.0 when dense) and the

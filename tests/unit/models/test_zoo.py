@@ -134,10 +134,15 @@ DEEP = {
 }
 
 
-@pytest.mark.parametrize("name", available_models())
-def test_eight_layers_all_params_get_gradients(name):
+GRADIENT_CASES = [(name, DEEP.get(name, dict(num_layers=8))) for name in available_models()] + [
+    ("unimixer", dict(num_layers=8, pooling="flatten")),
+    ("tokenmixer_large", dict(num_layers=8, pooling="flatten")),  # its auxiliary towers read the flattened tokens
+]
+
+
+@pytest.mark.parametrize("name,kwargs", GRADIENT_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(GRADIENT_CASES)])
+def test_eight_layers_all_params_get_gradients(name, kwargs):
     torch.manual_seed(0)
-    kwargs = DEEP.get(name, dict(num_layers=8))
     model = build_model(name, LAYOUT, **kwargs).train()
     cat, dense, y = batch(32)
     logits = model(cat, dense, labels=y)
