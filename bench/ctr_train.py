@@ -39,6 +39,7 @@ def add_training_args(p: argparse.ArgumentParser, max_epochs: int = 30) -> None:
     p.add_argument("--variant", default="", help="a label for this variant in the results (e.g. an ablation arm)")
     p.add_argument("--seed", type=int, default=2021)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="torch device for the model and the splits, e.g. cuda")
     p.add_argument("--results", default=None, help="append one JSON line per model here")
     p.add_argument("--table-only", action="store_true", help="print the table of --results and exit")
 
@@ -62,7 +63,7 @@ def evaluate(model, split: Split, bs: int = 16384) -> tuple[float, float]:
     logits = torch.cat([model(cat[i:i + bs], None if dense is None else dense[i:i + bs])
                         for i in range(0, len(cat), bs)])
     ll = F.binary_cross_entropy_with_logits(logits, y).item()
-    return auc(y.numpy(), torch.sigmoid(logits).double().numpy()), ll
+    return auc(y.cpu().numpy(), torch.sigmoid(logits).double().cpu().numpy()), ll
 
 
 def _optimizer(model, tables: list, args) -> torch.optim.Optimizer:
@@ -72,8 +73,15 @@ def _optimizer(model, tables: list, args) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=args.lr) if args.weight_decay else torch.optim.Adam(groups, lr=args.lr)
 
 
+def to_device(split: Split, device: str) -> Split:
+    cat, dense, y = split
+    return cat.to(device), None if dense is None else dense.to(device), y.to(device)
+
+
 def fit(name: str, model, emb_reg: float, data: dict[str, Split], args) -> dict:
     """Train with early stopping on validation AUC, test the best weights; one result row."""
+    model = model.to(args.device)
+    data = {name: to_device(split, args.device) for name, split in data.items()}
     tables = embedding_tables(model)
     if args.emb_init is not None:
         with torch.no_grad():
@@ -86,7 +94,7 @@ def fit(name: str, model, emb_reg: float, data: dict[str, Split], args) -> dict:
     samples, train_time, curves = 0, 0.0, []
     for epoch in range(args.max_epochs):
         model.train()
-        perm = torch.randperm(n)
+        perm = torch.randperm(n, device=args.device)
         t0, loss_sum, batches = time.perf_counter(), 0.0, 0
         for i in range(0, n, args.batch_size):
             idx = perm[i:i + args.batch_size]
