@@ -185,7 +185,8 @@ class UniMixer(RankingModel):
     tau_start, tau_end, tau_anneal_steps, sinkhorn_iters (None = enough for the smallest τ), symmetric,
     flatten_order, mixing_init_std, pooling ("mean" over tokens [P] | "flatten": the T·D vector [I]), tower_dims,
     dropout, embedding_norm, embedding_init_std, zero_bias_init
-    (tokenizer and SwiGLU biases), shared_projection; per-token SP-MoE on the SwiGLU
+    (tokenizer and SwiGLU biases; the defaults are the "plain init", no field LayerNorm, which beat the field
+    LayerNorm on 3 seeds of Frappe and of the synthetic data: docs/models.md, "embedding_norm"), shared_projection; per-token SP-MoE on the SwiGLU
     (as in TokenMixer-Large): num_experts (1 = dense), top_k, moe_alpha, moe_impl; Lite only: num_basis (b),
     rank (r, None = M/8)."""
 
@@ -212,9 +213,9 @@ class UniMixer(RankingModel):
         pooling: str = "mean",
         tower_dims: tuple[int, ...] = (64,),
         dropout: float = 0.0,
-        embedding_norm: bool = True,
-        embedding_init_std: float = 1e-4,
-        zero_bias_init: bool = False,
+        embedding_norm: bool = False,
+        embedding_init_std: float = 0.01,
+        zero_bias_init: bool = True,
         shared_projection: bool = False,
         num_experts: int = 1,
         top_k: int = 1,
