@@ -81,7 +81,7 @@ def to_device(split: Split, device: str) -> Split:
 def fit(name: str, model, emb_reg: float, data: dict[str, Split], args) -> dict:
     """Train with early stopping on validation AUC, test the best weights; one result row."""
     model = model.to(args.device)
-    data = {name: to_device(split, args.device) for name, split in data.items()}
+    data = {part: to_device(split, args.device) for part, split in data.items()}
     tables = embedding_tables(model)
     if args.emb_init is not None:
         with torch.no_grad():
