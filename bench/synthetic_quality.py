@@ -73,7 +73,7 @@ def load(num_events: int, num_users: int, num_items: int, days: int, seed: int):
     for name, a, b in zip(("train", "valid", "test"), cut[:-1], cut[1:], strict=True):
         splits[name] = (torch.from_numpy(ids[a:b].astype(np.int64)), torch.from_numpy(dense[a:b]),
                         torch.from_numpy(label[a:b]))
-    oracle = truth.click_probability(user[cut[2]:], item[cut[2]:], device[cut[2]:], hour[cut[2]:], day[cut[2]:])
+    oracle = truth.event_probability(ev.iloc[cut[2]:])
     layout = FeatureLayout(cardinalities=tuple(c + 1 for c in cards), n_dense=3)
     return splits, layout, auc(label[cut[2]:], oracle), cards
 

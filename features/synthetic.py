@@ -84,6 +84,13 @@ class GroundTruth:
             + self.device_daypart_category[device, hour // 4, cat]
         )
 
+    def event_probability(self, events: pd.DataFrame) -> np.ndarray:
+        """Click probability of generated event rows (``user_id``, ``item_id``, ``device``, ``hour``,
+        ``event_timestamp``), each under the daily snapshot in force at its time: the Bayes-optimal prediction."""
+        day = ((pd.DatetimeIndex(events["event_timestamp"]) - START) // pd.Timedelta(days=1)).to_numpy()
+        return self.click_probability(events["user_id"].to_numpy(), events["item_id"].to_numpy(),
+                                      events["device"].to_numpy(), events["hour"].to_numpy(), day)
+
     def click_probability(self, user_id, item_id, device, hour, day=None) -> np.ndarray:
         user_id, item_id = np.asarray(user_id), np.asarray(item_id)
         if day is None:  # serving time: the latest snapshot

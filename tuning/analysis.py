@@ -63,25 +63,43 @@ def fit_power_law(x: np.ndarray, loss: np.ndarray) -> dict:
             "note": "" if len(x) > 3 else "3 points for 3 parameters: no interval", **log_slope(x, loss)}
 
 
-def analyse(results: pd.DataFrame, flops_budget: float | None) -> dict:
-    """Power-law fits per architecture against parameters and training FLOPs; the ROI pick (the lowest
-    validation logloss within ``flops_budget`` forward FLOPs per example)."""
+def fit_reducible(x: np.ndarray, loss: np.ndarray, floor: float) -> dict:
+    """The power law of the loss above a known floor, ``loss − floor = b·x^(−exponent)``: with the floor
+    known (the Bayes loss of synthetic data) the saturating law has two parameters left, fitted on log-log
+    axes with a 95 % Student-t interval (n − 2 degrees of freedom)."""
+    excess = loss - floor
+    if (excess <= 0).any():
+        return {"exponent": math.nan, "exponent_low": math.nan, "exponent_high": math.nan,
+                "note": "a loss at or below the floor: no fit"}
+    s = log_slope(x, excess)
+    return {"exponent": s["slope"], "exponent_low": s["slope_low"], "exponent_high": s["slope_high"],
+            "note": "" if np.isfinite(s["slope"]) else "fewer than 3 finished points: no fit"}
+
+
+def analyse(results: pd.DataFrame, flops_budget: float | None, floor: float | None = None) -> dict:
+    """Power-law fits per architecture against parameters and training FLOPs; with ``floor`` (the lowest
+    loss possible, known for synthetic data) also the fit of the loss above it (``reducible``); the ROI pick
+    (the lowest validation logloss within ``flops_budget`` forward FLOPs per example)."""
     done = results[results["status"] == "finished"]
     fits = {}
     for arch, g in done.groupby("arch"):
-        fits[arch] = {axis: fit_power_law(g[axis].to_numpy(float), g["valid_logloss"].to_numpy(float))
-                      for axis, _ in _axes(done)}
+        loss = g["valid_logloss"].to_numpy(float)
+        fits[arch] = {axis: fit_power_law(g[axis].to_numpy(float), loss) for axis, _ in _axes(done)}
+        if floor is not None:
+            for axis, _ in _axes(done):
+                fits[arch][axis]["reducible"] = fit_reducible(g[axis].to_numpy(float), loss, floor)
     eligible = done if flops_budget is None else done[done["flops_per_example"] <= flops_budget]
     pick = None
     if len(eligible):
         best = eligible.sort_values(["valid_logloss", "flops_per_example"]).iloc[0]
         pick = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items() if k != "kwargs"}
         pick["kwargs"] = best["kwargs"]
-    return {"fits": fits, "roi_pick": pick, "flops_budget": flops_budget}
+    return {"fits": fits, "roi_pick": pick, "flops_budget": flops_budget, "bayes_logloss": floor}
 
 
 def plot(results: pd.DataFrame, analysis: dict, out_dir: Path) -> list[Path]:
-    """One log-log plot per axis (``scaling_<axis>.png``): the finished points and each fitted curve."""
+    """One log-log plot per axis (``scaling_<axis>.png``): the finished points and each fitted curve; with a
+    known floor also the loss above it against each axis (``scaling_reducible_<axis>.png``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,6 +107,30 @@ def plot(results: pd.DataFrame, analysis: dict, out_dir: Path) -> list[Path]:
 
     done = results[results["status"] == "finished"]
     paths = []
+    floor = analysis.get("bayes_logloss")
+    if floor is not None:
+        for axis, label in _axes(done):
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for arch, g in done.groupby("arch"):
+                g = g.sort_values(axis)
+                line = ax.plot(g[axis], g["valid_logloss"] - floor, "o", label=arch)[0]
+                fit = analysis["fits"].get(arch, {}).get(axis, {}).get("reducible", {})
+                if np.isfinite(fit.get("exponent", math.nan)):
+                    x, excess = g[axis].to_numpy(float), g["valid_logloss"].to_numpy(float) - floor
+                    b = np.exp(np.mean(np.log(excess) + fit["exponent"] * np.log(x)))
+                    xs = np.geomspace(x.min(), x.max(), 50)
+                    ax.plot(xs, b * xs ** -fit["exponent"], "-", color=line.get_color(),
+                            label=f"{arch}: exponent {fit['exponent']:.2f}")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(label)
+            ax.set_ylabel(f"validation logloss − Bayes logloss ({floor:.4f})")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = out_dir / f"scaling_reducible_{axis}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            paths.append(path)
     for axis, label in _axes(done):
         fig, ax = plt.subplots(figsize=(6, 4))
         for arch, g in done.groupby("arch"):

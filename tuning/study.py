@@ -1,5 +1,6 @@
 """Scaling studies: architectures x a size grid (x data fractions), each point one Ray Train run under Ray Tune,
-with ASHA over learning rates within a size; power-law fits per architecture; the ROI-optimal configuration.
+with ASHA over learning rates within a size; power-law fits per architecture (on synthetic data also of the
+loss above the generator's Bayes logloss, a floor known exactly); the ROI-optimal configuration.
 
 A study file (YAML, tuning/config.py) looks like ``configs/study_demo.yaml``. Finished points are appended
 to ``results.jsonl`` in the study folder as soon as they end, so a failed point, Ctrl-C or a crash never
@@ -88,6 +89,22 @@ def _run_point(study: StudyConfig, point: dict, row: dict, trainable, train_rows
                     "valid_auc": math.nan, "training_flops": math.nan, "error": reason})
 
 
+def bayes_logloss(study: StudyConfig, source_events: Path) -> float | None:
+    """The validation logloss of the synthetic generator's hidden click model, the floor under every model's
+    loss (None for a dataset, whose floor is unknown). Scored on the validation rows of the generated events."""
+    from mixrec.features.dataset import SPLIT_COLUMN
+    from mixrec.features.synthetic import GroundTruth
+    from mixrec.pipelines.config import dataset_spec
+    from mixrec.pipelines.metrics import binary_metrics
+
+    if dataset_spec(study.pipeline) is not None:
+        return None
+    d = study.pipeline.data
+    events = pd.read_parquet(source_events, filters=[(SPLIT_COLUMN, "==", "valid")])
+    probs = GroundTruth(d.num_users, d.num_items, d.days, d.seed).event_probability(events)
+    return binary_metrics(events["label"].to_numpy(), probs)["logloss"]
+
+
 def _record(results_path: Path, row: dict) -> None:
     with results_path.open("a") as f:  # one line per finished point, flushed at once: never lost
         f.write(json.dumps(row) + "\n")
@@ -113,6 +130,10 @@ def _log_study(study: StudyConfig, results: pd.DataFrame, analysis: dict, output
             for axis, f in fit.items():
                 if np.isfinite(f["alpha"]):
                     mlflow.log_metric(f"alpha_{arch}_{axis}", f["alpha"])
+                if np.isfinite(f.get("reducible", {}).get("exponent", math.nan)):
+                    mlflow.log_metric(f"reducible_exponent_{arch}_{axis}", f["reducible"]["exponent"])
+        if analysis["bayes_logloss"] is not None:
+            mlflow.log_metric("bayes_logloss", analysis["bayes_logloss"])
         mlflow.log_metrics({"points_finished": int((results["status"] == "finished").sum()),
                             "points_failed": int((results["status"] == "failed").sum())})
     return run.info.run_id
@@ -165,7 +186,7 @@ def run_study(study: StudyConfig, resume: bool = False, progress=print, mode: st
                 f"logloss {row['valid_logloss']:.4f}" if row["status"] == "finished" else row["error"]))
 
     results = pd.DataFrame([json.loads(line) for line in results_path.read_text().splitlines()])
-    analysis = analyse(results, study.flops_budget)
+    analysis = analyse(results, study.flops_budget, bayes_logloss(study, data.source_files[0]))
     tables = _write_tables(results, analysis, out_dir)
     plots = plot(results, analysis, out_dir)
     setup_tracking(study.pipeline.registry.tracking_uri, study.pipeline.registry.experiment, ws)

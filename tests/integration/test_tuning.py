@@ -1,5 +1,6 @@
-"""`mixrec tune`: a small scaling study through Ray Tune + Ray Train, fits and plots logged to MLflow; bad study
-files rejected before any trial; a diverging trial fails alone and the study goes on; --resume skips done points."""
+"""`mixrec tune`: a small scaling study through Ray Tune + Ray Train, fits (also above the synthetic data's Bayes
+logloss) and plots logged to MLflow; bad study files rejected before any trial; a diverging trial fails alone
+and the study goes on; --resume skips done points."""
 
 from __future__ import annotations
 
@@ -56,10 +57,17 @@ def test_small_study_fits_plots_and_survives_a_failed_point(ray_session, tmp_pat
     fit = out["analysis"]["fits"]["dnn"]["parameters"]
     assert fit["points"] == 3 and fit["note"]  # 3 points: a fit, no interval
     assert out["analysis"]["roi_pick"]["arch"] == "dnn"
-    assert {p.name for p in out["plots"]} == {"scaling_parameters.png", "scaling_dense_parameters.png",
-                                              "scaling_training_flops.png"}
+    axes = ("parameters", "dense_parameters", "training_flops")
+    assert {p.name for p in out["plots"]} == {f"scaling_{a}.png" for a in axes} | {
+        f"scaling_reducible_{a}.png" for a in axes}
+    # synthetic data: the generator's Bayes logloss is the floor, and the loss above it is fitted too
+    floor = out["analysis"]["bayes_logloss"]
+    assert 0 < floor < results["valid_logloss"].min()
+    assert fit["reducible"]["note"] == "" and fit["reducible"]["exponent"] == fit["reducible"]["exponent"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(out["run_id"])}
-    assert {"results.csv", "results.parquet", "analysis.json", "scaling_parameters.png"} <= artifacts
+    assert {"results.csv", "results.parquet", "analysis.json", "scaling_parameters.png",
+            "scaling_reducible_parameters.png"} <= artifacts
+    assert mlflow.get_run(out["run_id"]).data.metrics["bayes_logloss"] == pytest.approx(floor)
 
     # A point whose every trial diverges is recorded as failed with its reason; finished points are kept.
     study = load_study(path).model_copy(update={"learning_rates": [float("inf")]})  # NaN loss at step 2

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mixrec.tuning.analysis import analyse, fit_power_law, log_slope, plot
+from mixrec.tuning.analysis import analyse, fit_power_law, fit_reducible, log_slope, plot
 
 
 def test_fit_recovers_a_planted_exponent_with_an_interval():
@@ -78,3 +78,21 @@ def test_non_embedding_parameters_are_an_axis_when_the_results_have_them(tmp_pat
     assert set(analysis["fits"]["dnn"]) == {"parameters", "dense_parameters", "training_flops"}
     assert analysis["fits"]["dnn"]["dense_parameters"]["points"] == 4
     assert "scaling_dense_parameters.png" in [p.name for p in plot(results, analysis, tmp_path)]
+
+
+def test_a_known_floor_gives_the_exponent_of_the_loss_above_it(tmp_path):
+    x = np.geomspace(1e3, 1e5, 5)
+    noise = np.array([0.02, -0.03, 0.01, -0.02, 0.03])
+    fit = fit_reducible(x, 0.33 + 0.4 * x ** -0.3 * np.exp(noise), floor=0.33)
+    assert fit["exponent"] == pytest.approx(0.3, abs=0.03) and fit["note"] == ""
+    assert fit["exponent_low"] < 0.3 < fit["exponent_high"]
+    below = fit_reducible(x, np.full(5, 0.32), floor=0.33)
+    assert math.isnan(below["exponent"]) and "below the floor" in below["note"]
+    results = _results()
+    analysis = analyse(results, flops_budget=None, floor=0.40)
+    assert analysis["bayes_logloss"] == 0.40
+    # the planted losses fall towards 0.44, so above a 0.40 floor they fall, ever more slowly
+    assert analysis["fits"]["dnn"]["parameters"]["reducible"]["exponent"] > 0
+    names = [p.name for p in plot(results, analysis, tmp_path)]
+    assert "scaling_reducible_parameters.png" in names and "scaling_parameters.png" in names
+    assert "reducible" not in analyse(results, flops_budget=None)["fits"]["dnn"]["parameters"]
