@@ -97,6 +97,21 @@ def analyse(results: pd.DataFrame, flops_budget: float | None, floor: float | No
     return {"fits": fits, "roi_pick": pick, "flops_budget": flops_budget, "bayes_logloss": floor}
 
 
+def _fitted_curve(x: np.ndarray, loss: np.ndarray, fit: dict, floor: float | None):
+    """(xs, ys, legend) of an architecture's fitted curve on one axis: the saturating law, or with ``floor``
+    the power law of the loss above it; None where there is no fit."""
+    xs = np.geomspace(x.min(), x.max(), 50)
+    if floor is None:
+        if not np.isfinite(fit.get("alpha", math.nan)):
+            return None
+        return xs, fit["a"] * (xs / fit["x0"]) ** (-fit["alpha"]) + fit["c"], f"alpha={fit['alpha']:.2f}"
+    exponent = fit.get("reducible", {}).get("exponent", math.nan)
+    if not np.isfinite(exponent):
+        return None
+    log_b = np.mean(np.log(loss - floor) + exponent * np.log(x))  # the least-squares intercept
+    return xs, np.exp(log_b) * xs ** -exponent, f"exponent={exponent:.2f}"
+
+
 def plot(results: pd.DataFrame, analysis: dict, out_dir: Path) -> list[Path]:
     """One log-log plot per axis (``scaling_<axis>.png``): the finished points and each fitted curve; with a
     known floor also the loss above it against each axis (``scaling_reducible_<axis>.png``)."""
@@ -106,49 +121,28 @@ def plot(results: pd.DataFrame, analysis: dict, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     done = results[results["status"] == "finished"]
-    paths = []
     floor = analysis.get("bayes_logloss")
-    if floor is not None:
+    kinds = [("", None)] + ([("reducible_", floor)] if floor is not None else [])
+    paths = []
+    for prefix, below in kinds:
         for axis, label in _axes(done):
             fig, ax = plt.subplots(figsize=(6, 4))
             for arch, g in done.groupby("arch"):
                 g = g.sort_values(axis)
-                line = ax.plot(g[axis], g["valid_logloss"] - floor, "o", label=arch)[0]
-                fit = analysis["fits"].get(arch, {}).get(axis, {}).get("reducible", {})
-                if np.isfinite(fit.get("exponent", math.nan)):
-                    x, excess = g[axis].to_numpy(float), g["valid_logloss"].to_numpy(float) - floor
-                    b = np.exp(np.mean(np.log(excess) + fit["exponent"] * np.log(x)))
-                    xs = np.geomspace(x.min(), x.max(), 50)
-                    ax.plot(xs, b * xs ** -fit["exponent"], "-", color=line.get_color(),
-                            label=f"{arch}: exponent {fit['exponent']:.2f}")
+                x, loss = g[axis].to_numpy(float), g["valid_logloss"].to_numpy(float)
+                line = ax.plot(x, loss if below is None else loss - below, "o", label=arch)[0]
+                curve = _fitted_curve(x, loss, analysis["fits"].get(arch, {}).get(axis, {}), below)
+                if curve is not None:
+                    ax.plot(curve[0], curve[1], "-", color=line.get_color(), label=f"{arch} fit: {curve[2]}")
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel(label)
-            ax.set_ylabel(f"validation logloss − Bayes logloss ({floor:.4f})")
+            ax.set_ylabel("validation logloss" if below is None else
+                          f"validation logloss − Bayes logloss ({below:.4f})")
             ax.legend(fontsize=7)
             fig.tight_layout()
-            path = out_dir / f"scaling_reducible_{axis}.png"
+            path = out_dir / f"scaling_{prefix}{axis}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)
             paths.append(path)
-    for axis, label in _axes(done):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for arch, g in done.groupby("arch"):
-            g = g.sort_values(axis)
-            line = ax.plot(g[axis], g["valid_logloss"], "o", label=arch)[0]
-            fit = analysis["fits"].get(arch, {}).get(axis, {})
-            if np.isfinite(fit.get("alpha", math.nan)):
-                xs = np.geomspace(g[axis].min(), g[axis].max(), 50)
-                ys = fit["a"] * (xs / fit["x0"]) ** (-fit["alpha"]) + fit["c"]
-                ax.plot(xs, ys, "-", color=line.get_color(), label=f"{arch} fit: alpha={fit['alpha']:.2f}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("validation logloss")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / f"scaling_{axis}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
     return paths
