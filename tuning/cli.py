@@ -25,11 +25,17 @@ def tune(study: Annotated[Path, typer.Argument(help="study YAML (see configs/stu
     if as_json:
         echo_json({"analysis": out["analysis"], "out_dir": str(out["out_dir"]), "mlflow_run_id": out["run_id"]})
         return
+    floor = out["analysis"]["bayes_logloss"]
+    if floor is not None:
+        typer.echo(f"Bayes logloss of the validation rows (the floor): {floor:.4f}")
     for arch, fit in out["analysis"]["fits"].items():
         for axis, f in fit.items():
+            r = f.get("reducible")
+            above = "" if r is None else (f" above the floor: exponent={r['exponent']:.3f} "
+                                          f"[{r['exponent_low']:.3f}, {r['exponent_high']:.3f}]")
             typer.echo(f"{arch:<14} loss ~ C^-alpha vs {axis:<15} alpha={f['alpha']:.3f} "
                        f"[{f['alpha_low']:.3f}, {f['alpha_high']:.3f}] log-log slope={f['slope']:.3f} "
-                       f"[{f['slope_low']:.3f}, {f['slope_high']:.3f}] ({f['points']} points) {f['note']}")
+                       f"[{f['slope_low']:.3f}, {f['slope_high']:.3f}]{above} ({f['points']} points) {f['note']}")
     pick = out["analysis"]["roi_pick"]
     if pick:
         typer.echo(f"ROI pick (budget {out['analysis']['flops_budget']} FLOPs/example): {pick['id']} "
