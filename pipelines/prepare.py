@@ -74,7 +74,7 @@ class PreparedData:
     validation_summary: str
     validation_report: dict = field(default_factory=dict)
     example: pd.DataFrame | None = None  # a few raw model rows (the registered model's input example)
-    source_files: list[Path] = field(default_factory=list)  # the canonical Parquet sources (lineage digest)
+    source_files: list[Path] = field(default_factory=list)  # canonical Parquet sources, events first (lineage)
 
 
 def write_synthetic_sources(cfg: PipelineConfig, ws: Workspace) -> SourceInfo:

@@ -84,10 +84,12 @@ def analyse(results: pd.DataFrame, flops_budget: float | None, floor: float | No
     fits = {}
     for arch, g in done.groupby("arch"):
         loss = g["valid_logloss"].to_numpy(float)
-        fits[arch] = {axis: fit_power_law(g[axis].to_numpy(float), loss) for axis, _ in _axes(done)}
-        if floor is not None:
-            for axis, _ in _axes(done):
-                fits[arch][axis]["reducible"] = fit_reducible(g[axis].to_numpy(float), loss, floor)
+        fits[arch] = {}
+        for axis, _ in _axes(done):
+            x = g[axis].to_numpy(float)
+            fits[arch][axis] = fit_power_law(x, loss)
+            if floor is not None:
+                fits[arch][axis]["reducible"] = fit_reducible(x, loss, floor)
     eligible = done if flops_budget is None else done[done["flops_per_example"] <= flops_budget]
     pick = None
     if len(eligible):
