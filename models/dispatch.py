@@ -78,11 +78,13 @@ def expert_ffn(x: Tensor, rows: Tensor, experts: Tensor, weights: Tensor, w_in: 
         valid = (key < g).unsqueeze(-1)
     src = rows[order]
     kg = key.clamp(max=g - 1)
+    # ``grouped_mm`` leaves the rows past the last offset unset, in its outputs and in its input gradients, and
+    # they may hold NaN: select around each call (``where`` drops them in both directions, where ``0 *`` would not).
     mask = (lambda t: t) if valid is None else (lambda t: torch.where(valid, t, 0.0))
-    h = _gmm(mask(x[src]), w_in, offs)
+    h = mask(_gmm(mask(x[src]), w_in, offs))
     if b_in is not None:
         h = h + b_in[kg]
-    y = _gmm(mask(act(h)), w_out, offs)
+    y = mask(_gmm(mask(act(h)), w_out, offs))
     if b_out is not None:
         y = y + b_out[kg]
     y = mask(y * weights[order].unsqueeze(-1).to(y.dtype))
