@@ -31,10 +31,18 @@ if torch.ops.aten._grouped_mm.default not in flop_registry:  # torch 2.13's Flop
         return 2 * mat_a.shape[0] * (mat_a.shape[-2] if mat_a.dim() == 3 else 1) * k * n
 
 
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a matmul on ``x`` runs in: autocast's where it is on for ``x``'s device (bf16 training feeds the
+    MoE layers fp32 activations under autocast), else ``x``'s own."""
+    on = torch.is_autocast_enabled(x.device.type)
+    return torch.get_autocast_dtype(x.device.type) if on else x.dtype
+
+
 def sparse_ok(x: Tensor) -> bool:
-    """Whether the grouped-matmul path can run on ``x``: eager mode, and CPU (any float dtype) or bf16 (the only
-    dtype of the CUDA kernel, SM >= 80); elsewhere callers use their masked reference. Not yet run on a GPU."""
-    return not torch.compiler.is_compiling() and (x.device.type == "cpu" or x.dtype == torch.bfloat16)
+    """Whether the grouped-matmul path can run on ``x``: eager mode, and CPU (any float dtype) or a bf16 compute
+    dtype (the only dtype of the CUDA kernel, SM >= 80; bf16 inputs or bf16 autocast); elsewhere callers use
+    their masked reference. Not yet run on a GPU."""
+    return not torch.compiler.is_compiling() and (x.device.type == "cpu" or _compute_dtype(x) == torch.bfloat16)
 
 
 def _gmm(a: Tensor, w: Tensor, offs: Tensor) -> Tensor:
@@ -46,7 +54,8 @@ def _gmm(a: Tensor, w: Tensor, offs: Tensor) -> Tensor:
         a, w = F.pad(a, (0, pk)), F.pad(w, (0, 0, 0, pk))
     if pn:
         w = F.pad(w, (0, pn))
-    out = F.grouped_mm(a.contiguous(), w.to(a.dtype).contiguous(), offs=offs)
+    dtype = _compute_dtype(a)  # grouped_mm itself is not on autocast's cast list: cast as autocast would
+    out = F.grouped_mm(a.to(dtype).contiguous(), w.to(dtype).contiguous(), offs=offs)
     return out[:, :n] if pn else out
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixrec.models.dispatch import expert_ffn
+from mixrec.models.dispatch import _gmm, expert_ffn, sparse_ok
 
 
 @pytest.mark.parametrize("static_shapes", [False, True])
@@ -37,3 +37,19 @@ def test_expert_ffn_equals_dense_reference_with_inactive_rows(static_shapes):
         grads = torch.autograd.grad((out * ref.detach()).sum(), params)
         for got, exp in zip(grads, want, strict=True):
             assert torch.isfinite(got).all() and torch.allclose(got, exp, atol=1e-3)
+
+
+def test_bf16_autocast_runs_the_grouped_matmuls_in_bf16():
+    # bf16 training hands the MoE layers fp32 activations under autocast, and grouped_mm is not on autocast's
+    # cast list: the dispatch casts itself, so the sparse path stays on (the CUDA kernel is bf16 only)
+    torch.manual_seed(0)
+    r, d, h, g = 16, 8, 16, 4
+    x, w_in, w_out = torch.randn(r, d), torch.randn(g, d, h) / d**0.5, torch.randn(g, h, d) / h**0.5
+    rows, experts, weights = torch.arange(r), torch.arange(r) % g, torch.rand(r)
+    exact = expert_ffn(x, rows, experts, weights, w_in, w_out, F.gelu)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert sparse_ok(x)
+        assert _gmm(x, w_in, torch.tensor([4, 8, 12, 16], dtype=torch.int32)).dtype == torch.bfloat16
+        for static_shapes in (False, True):
+            out = expert_ffn(x, rows, experts, weights, w_in, w_out, F.gelu, static_shapes=static_shapes)
+            assert torch.allclose(out.float(), exact, atol=0.05, rtol=0.05)

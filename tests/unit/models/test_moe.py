@@ -3,12 +3,15 @@ computed FLOPs against FlopCounterMode, per-expert load."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from mixrec.models import FeatureLayout, build_model
+from mixrec.models import FeatureLayout, build_model, moe
+from mixrec.models.dispatch import expert_ffn
 from mixrec.models.moe import DTSIPerTokenMoE, SPMoESwiGLU
 
 torch.set_num_threads(1)
@@ -33,12 +36,21 @@ def pair(cls, *args, **kw):
     return sparse, masked
 
 
+@pytest.fixture(params=[False, True], ids=["cut", "static"])
+def shape_mode(request, monkeypatch):
+    """Both dispatch shape modes through the layers: cut (the CPU default) and static (the accelerator default,
+    forced here on CPU), with NaN planted in freed memory so that unset rows of the kernel would show."""
+    monkeypatch.setattr(moe, "expert_ffn", functools.partial(expert_ffn, static_shapes=request.param))
+    junk = [torch.full((4096,), float("nan")) for _ in range(8)]
+    del junk
+
+
 # (tokens, width, hidden, E, k, bias): aligned and unaligned widths (padded for the kernel), k = 1 (shared only)
 SP_CASES = [(4, 32, 64, 4, 2, False), (3, 6, 12, 4, 3, True), (2, 16, 32, 8, 1, False), (5, 8, 40, 8, 8, True)]
 
 
 @pytest.mark.parametrize("t,d,h,e,k,bias", SP_CASES)
-def test_spmoe_sparse_equals_masked_forward_and_backward(t, d, h, e, k, bias):
+def test_spmoe_sparse_equals_masked_forward_and_backward(t, d, h, e, k, bias, shape_mode):
     sparse, masked = pair(SPMoESwiGLU, t, d, h, e, k, 2.0, bias=bias, down_init_scale=1.0)
     with torch.no_grad():  # non-zero biases so that their slicing is checked too
         for m in (sparse, masked):
@@ -59,7 +71,7 @@ def test_spmoe_sparse_equals_masked_forward_and_backward(t, d, h, e, k, bias):
 
 
 @pytest.mark.parametrize("router", ["infer", "train"])
-def test_dtsi_sparse_inference_equals_masked(router):
+def test_dtsi_sparse_inference_equals_masked(router, shape_mode):
     sparse, masked = pair(DTSIPerTokenMoE, 4, 16, 24, 4)
     sparse.eval(), masked.eval()
     sparse.eval_router = masked.eval_router = router
