@@ -45,9 +45,13 @@ def sparse_ok(x: Tensor) -> bool:
     return not torch.compiler.is_compiling() and (x.device.type == "cpu" or _compute_dtype(x) == torch.bfloat16)
 
 
-def _gmm(a: Tensor, w: Tensor, offs: Tensor) -> Tensor:
+def _gmm(a: Tensor, w: Tensor, offs: Tensor, valid: Tensor | None = None) -> Tensor:
     """Grouped ``a [N, K] @ w[g] [K, N']`` over row groups ``offs``; pads K and N' to multiples of 8 (the kernel
-    wants 16-byte strides). -> [N, N']."""
+    wants 16-byte strides). -> [N, N']. ``valid`` [N, 1]: rows inside the groups; the kernel leaves the others
+    unset (NaN at times) in its output and its input gradient, so they are selected to 0 on both sides (``where``
+    drops them in both directions, where ``0 *`` would not)."""
+    if valid is not None:
+        a = torch.where(valid, a, 0.0)
     k, n = w.shape[-2:]
     pk, pn = -k % 8, -n % 8
     if pk:
@@ -56,7 +60,8 @@ def _gmm(a: Tensor, w: Tensor, offs: Tensor) -> Tensor:
         w = F.pad(w, (0, pn))
     dtype = _compute_dtype(a)  # grouped_mm itself is not on autocast's cast list: cast as autocast would
     out = F.grouped_mm(a.to(dtype).contiguous(), w.to(dtype).contiguous(), offs=offs)
-    return out[:, :n] if pn else out
+    out = out[:, :n] if pn else out
+    return out if valid is None else torch.where(valid, out, 0.0)
 
 
 def expert_ffn(x: Tensor, rows: Tensor, experts: Tensor, weights: Tensor, w_in: Tensor, w_out: Tensor,
@@ -87,16 +92,15 @@ def expert_ffn(x: Tensor, rows: Tensor, experts: Tensor, weights: Tensor, w_in: 
         valid = (key < g).unsqueeze(-1)
     src = rows[order]
     kg = key.clamp(max=g - 1)
-    # ``grouped_mm`` leaves the rows past the last offset unset, in its outputs and in its input gradients, and
-    # they may hold NaN: select around each call (``where`` drops them in both directions, where ``0 *`` would not).
-    mask = (lambda t: t) if valid is None else (lambda t: torch.where(valid, t, 0.0))
-    h = mask(_gmm(mask(x[src]), w_in, offs))
+    h = _gmm(x[src], w_in, offs, valid)
     if b_in is not None:
         h = h + b_in[kg]
-    y = mask(_gmm(mask(act(h)), w_out, offs))
+    y = _gmm(act(h), w_out, offs, valid)
     if b_out is not None:
         y = y + b_out[kg]
-    y = mask(y * weights[order].unsqueeze(-1).to(y.dtype))
+    y = y * weights[order].unsqueeze(-1).to(y.dtype)
+    if valid is not None:
+        y = torch.where(valid, y, 0.0)
     return x.new_zeros(x.shape[0], w_out.shape[-1], dtype=y.dtype).index_add_(0, src, y)
 
 
