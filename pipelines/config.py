@@ -207,6 +207,9 @@ class ServeConfig(_Section):
                                 "a larger one is answered 413 before it is parsed")
     request_timeout_s: float = Field(30.0, gt=0.0, description="a /rank request not scored within this many "
                                      "seconds is answered 503 with Retry-After")
+    ranker_ready_timeout_s: float = Field(600.0, gt=0.0, description="a new splitter replica (a redeploy, a "
+                                          "replacement) takes traffic once every arm's ranker answers, or after "
+                                          "this many seconds; until then the previous replicas serve")
     batch_max_size: int = Field(16, ge=1, description="@serve.batch: requests scored in one forward pass")
     batch_wait_timeout_s: float = Field(0.002, ge=0.0, description="@serve.batch: wait this long to fill a batch "
                                         "(0: smaller batches, fewer QPS in bench/serving_latency.py)")

@@ -69,13 +69,39 @@ class Splitter:
     answered here with 503 + Retry-After; should the splitter's own queue fill, Serve's proxy answers 503 with
     the same Retry-After (``BackpressureConfig``)."""
 
-    def __init__(self, plan: ResolvedServe, retiring: dict, **rankers):
+    async def __init__(self, plan: ResolvedServe, retiring: dict, **rankers):
         """``plan``: :meth:`ResolvedServe.splitter_view`; ``rankers``: arm -> its Ranker deployment handle;
         ``retiring``: handles of rankers kept alive for the previous splitter replicas, never used here."""
         self.plan, self.settings, self.rankers = plan, plan.serve, rankers
         self.context_fields = set(context_fields(plan.schema))
         self.weights = normalize_weights({arm: 1.0 for arm in rankers})
         self.token_sha256: str | None = None
+        await self._wait_for_rankers()
+
+    async def _wait_for_rankers(self) -> None:
+        """Returns once every arm's ranker has answered (or after ``serve.ranker_ready_timeout_s``). Serve rolls
+        out an application's deployments side by side and routes to a splitter replica as soon as its
+        constructor returns: without this wait, a redeploy that adds a ranker (a new version, an arm back)
+        sends that arm's requests to a deployment whose replicas are still loading their model, and on a slow
+        host they time out; with it, the previous splitter replicas keep serving until the new graph is ready."""
+        deadline = time.monotonic() + self.settings.ranker_ready_timeout_s
+
+        async def answered(arm: str) -> None:
+            while True:
+                try:
+                    await asyncio.wait_for(self.rankers[arm].ready.remote(), max(deadline - time.monotonic(), 0.0))
+                    return
+                except BackPressureError:
+                    return  # its replicas are up: their queue is full
+                except _RETRYABLE as err:  # a replica lost while starting: Serve replaces it
+                    log.warning("ranker of arm %s not ready yet: %s", arm, err)
+                    await asyncio.sleep(1.0)
+
+        try:
+            await asyncio.gather(*(answered(arm) for arm in self.rankers))
+        except TimeoutError:
+            log.warning("a ranker did not answer within serve.ranker_ready_timeout_s=%ss; serving anyway: its arm "
+                        "answers 503 until it does", self.settings.ranker_ready_timeout_s)
 
     def reconfigure(self, user_config: dict) -> None:
         """Live settings (Serve ``user_config``): {"weights": {"champion": 0.9, "challenger": 0.1},

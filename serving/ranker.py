@@ -105,6 +105,10 @@ class Ranker:
         return {"user_id": user_id, "arm": self.arm, "model_name": self.model_name, "model_version": self.version,
                 "ranked": ranked}
 
+    def ready(self) -> str:
+        """The version this replica serves; a new splitter replica waits for this answer from every arm."""
+        return self.version
+
     def check_health(self) -> None:
         """Fails (Serve replaces the replica) when the model is gone or item features stopped refreshing."""
         if self.model is None:

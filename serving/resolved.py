@@ -19,7 +19,8 @@ from mixrec.pipelines.workspace import Workspace
 # The ServeConfig fields each deployment reads; its view keeps these and leaves the others at their defaults.
 RANKER_SETTINGS = ("batch_max_size", "batch_wait_timeout_s", "item_cache", "item_cache_ttl_s", "item_cache_check_s",
                    "user_cache_ttl_s", "user_cache_size")
-SPLITTER_SETTINGS = ("salt", "max_candidates", "max_id", "retry_after_s", "max_body_bytes", "request_timeout_s")
+SPLITTER_SETTINGS = ("salt", "max_candidates", "max_id", "retry_after_s", "max_body_bytes", "request_timeout_s",
+                     "ranker_ready_timeout_s")
 
 
 @dataclass(frozen=True)
