@@ -35,6 +35,11 @@ def add_training_args(p: argparse.ArgumentParser, max_epochs: int = 30) -> None:
     p.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient norm (FuxiCTR: 10)")
     p.add_argument("--emb-reg", type=float, default=None, help="override the per-model embedding L2")
     p.add_argument("--emb-init", type=float, default=None, help="re-initialise the embedding table N(0, std²)")
+    p.add_argument("--freeze-embeddings-at-step", action="store_true",
+                   help="stop training the embedding tables at the first lr step (the rest trains on)")
+    p.add_argument("--lr-factor", type=float, default=0.1, help="the lr is multiplied by this at each step")
+    p.add_argument("--restore-best-at-step", action="store_true",
+                   help="at each lr step, go back to the best-validation weights first")
     p.add_argument("--override", default="{}", help="JSON dict of model kwargs overriding the preset")
     p.add_argument("--variant", default="", help="a label for this variant in the results (e.g. an ablation arm)")
     p.add_argument("--seed", type=int, default=2021)
@@ -101,7 +106,7 @@ def fit(name: str, model, emb_reg: float, data: dict[str, Split], args) -> dict:
             logits = model(xtr[idx], None if dtr is None else dtr[idx], labels=ytr[idx])
             bce = F.binary_cross_entropy_with_logits(logits, ytr[idx])
             loss = bce + model.auxiliary_loss(ytr[idx])
-            if emb_reg:
+            if emb_reg and tables[0].requires_grad:
                 loss = loss + embedding_l2_penalty(tables, emb_reg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -124,9 +129,14 @@ def fit(name: str, model, emb_reg: float, data: dict[str, Split], args) -> dict:
             bad += 1
             if bad >= args.patience:
                 break
-            lr *= 0.1
+            lr *= args.lr_factor
+            if args.restore_best_at_step:
+                model.load_state_dict(best_state)
             for g in opt.param_groups:
                 g["lr"] = lr
+            if args.freeze_embeddings_at_step:  # Adam skips parameters without a gradient
+                for table in tables:
+                    table.requires_grad_(False)
     model.load_state_dict(best_state)
     tauc, tll = evaluate(model, data["test"])
     print(f"[{name}] TEST AUC {tauc:.5f} logloss {tll:.5f}", flush=True)
