@@ -116,3 +116,84 @@ def test_the_written_serve_config_runs_with_rays_own_serve_run(served, tmp_path)
         if "mixrec-file" in serve.status().applications:
             serve.delete("mixrec-file")
     assert "mixrec" in serve.status().applications
+
+
+def test_a_new_splitter_takes_traffic_only_once_its_rankers_answer(served, tmp_path):
+    """The splitter's constructor waits until every arm's ranker answers ``ready()`` (a redeploy must not route
+    to rankers still loading their model). Here the one ranker answers only when the test opens a gate: until
+    then the splitter replica stays STARTING, `serve.run` has not returned and a /rank request sent meanwhile
+    waits at Serve's proxy; once the gate opens, the application runs and that request is answered 200."""
+    import asyncio
+    import threading
+    from dataclasses import replace
+
+    from ray import serve
+
+    from mixrec.pipelines.workspace import Workspace
+    from mixrec.serving.ingress import Splitter
+    from mixrec.serving.server import resolve_serve
+
+    gate, asked = tmp_path / "gate-open", tmp_path / "ready-asked"
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1})
+    class GatedRanker:
+        """Answers ``ready()`` once the gate file exists; ranks by giving every candidate score 0.5."""
+
+        async def ready(self) -> str:
+            asked.touch()
+            while not gate.exists():
+                await asyncio.sleep(0.05)
+            return "gated"
+
+        async def rank(self, user_id, items, context) -> dict:
+            return {"user_id": user_id, "arm": CHAMPION, "model_name": "gated", "model_version": "gated",
+                    "ranked": [{"item_id": i, "score": 0.5} for i in items]}
+
+    cfg = served["cfg"]
+    plan = replace(resolve_serve(cfg, Workspace.resolve(cfg.workspace)).splitter_view(), arms={CHAMPION: "gated"})
+    app = Splitter.options(user_config={"weights": {CHAMPION: 1.0}, "token_sha256": None}).bind(
+        plan, {}, **{CHAMPION: GatedRanker.bind()})
+    first = urlsplit(served["url"])
+    url = f"{first.scheme}://{first.netloc}/gated/rank"
+    errors: list[BaseException] = []
+    waiting: threading.Thread | None = None
+
+    def run() -> None:
+        try:
+            serve.run(app, name="mixrec-gated", route_prefix="/gated")
+        except BaseException as err:  # reported by the assertion below
+            errors.append(err)
+
+    deploying = threading.Thread(target=run, daemon=True)
+    try:
+        deploying.start()
+        deadline = time.time() + 300
+        while not asked.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert asked.exists(), "the splitter never asked its ranker whether it is ready"
+        # The splitter is inside its constructor, waiting on the gate: not serving yet.
+        splitter = serve.status().applications["mixrec-gated"].deployments["Splitter"]
+        assert "RUNNING" not in splitter.replica_states, splitter.replica_states
+        assert deploying.is_alive() and not errors, errors
+        early: list[httpx.Response] = []
+        waiting = threading.Thread(target=lambda: early.append(httpx.post(url, json=BODY, timeout=300)), daemon=True)
+        waiting.start()
+        assert not early  # nothing can answer it before the gate opens
+        gate.touch()
+        deploying.join(300)
+        assert not deploying.is_alive() and not errors, errors
+        assert serve.status().applications["mixrec-gated"].status == "RUNNING"
+        waiting.join(300)
+        assert [a.status_code for a in early] == [200], [a.text for a in early]
+        answer = httpx.post(url, json=BODY, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_version"] == "gated"
+        assert [r["item_id"] for r in answer.json()["ranked"]] == BODY["items"]
+    finally:
+        gate.touch()
+        deploying.join(300)
+        if waiting is not None:
+            waiting.join(300)
+        if "mixrec-gated" in serve.status().applications:
+            serve.delete("mixrec-gated")
+    assert served["client"].post("/rank", json=BODY).status_code == 200
