@@ -277,11 +277,12 @@ def pool_tokens(x: Tensor, pooling: str) -> Tensor:
 
 
 class Tower(nn.Module):
-    """Task tower: [B, in_dim] -> logits [B]."""
+    """Task tower: [B, in_dim] -> logits [B]. ``batch_norm`` after each hidden Linear, as in FuxiCTR's MLP block."""
 
-    def __init__(self, in_dim: int, hidden: tuple[int, ...] = (64,), dropout: float = 0.0, activation: str = "relu"):
+    def __init__(self, in_dim: int, hidden: tuple[int, ...] = (64,), dropout: float = 0.0, activation: str = "relu",
+                 batch_norm: bool = False):
         super().__init__()
-        self.mlp = MLP(in_dim, hidden, 1, activation=activation, dropout=dropout)
+        self.mlp = MLP(in_dim, hidden, 1, activation=activation, dropout=dropout, batch_norm=batch_norm)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.mlp(x).squeeze(-1)

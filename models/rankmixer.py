@@ -65,6 +65,7 @@ class RankMixer(RankingModel):
         ffn_ratio: k, PFFN hidden = k·D.
         tower_dims: hidden widths of the output tower.
         dropout: dropout on PFFN outputs and in the tower.
+        tower_batch_norm: BatchNorm after each hidden Linear of the tower [I].
         shared_projection: share the tokenizer projection across segments (ablation).
         embedding_norm: per-field LayerNorm on the embeddings (docs/models.md); embedding_init_std: the
             embedding table's N(0, std²) init; zero_bias_init: zero tokenizer and PFFN biases at init.
@@ -83,6 +84,7 @@ class RankMixer(RankingModel):
         ffn_ratio: float = 2,
         tower_dims: tuple[int, ...] = (64,),
         dropout: float = 0.0,
+        tower_batch_norm: bool = False,
         embedding_norm: bool = True,
         embedding_init_std: float = 1e-4,
         zero_bias_init: bool = False,
@@ -102,7 +104,7 @@ class RankMixer(RankingModel):
         self.embedding = FeatureEmbedding(layout, embedding_dim, init_std=embedding_init_std, field_norm=embedding_norm)
         self.tokenizer = ConcatTokenizer(layout.num_fields, embedding_dim, num_tokens, d_model, shared_projection)
         self.blocks = nn.ModuleList(self._make_block() for _ in range(num_layers))
-        self.tower = Tower(d_model, tower_dims, dropout=dropout)
+        self.tower = Tower(d_model, tower_dims, dropout=dropout, batch_norm=tower_batch_norm)
         self._dropout = dropout
         if zero_bias_init:
             self._zero_biases(self.tokenizer, self.blocks)

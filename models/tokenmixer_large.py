@@ -137,7 +137,7 @@ class TokenMixerLarge(RankingModel):
     """Args: embedding_dim, num_tokens (T incl. the global token), d_model (D), num_heads (H, divides D),
     num_layers, ffn_ratio (n), inter_residual_every (r, 0 = off), aux_loss_weight, down_init_scale,
     global_token, pooling ("mean" [P] | "global": the global token | "flatten": the T·D vector [I]), tower_dims,
-    dropout, embedding_norm, embedding_init_std,
+    dropout, tower_batch_norm (BatchNorm in the towers' hidden layers [I]), embedding_norm, embedding_init_std,
     zero_bias_init (tokenizer biases), num_experts (E; 1 = dense),
     top_k (active experts incl. the shared one), moe_alpha (α), moe_impl ("sparse" | "masked" reference)."""
 
@@ -160,6 +160,7 @@ class TokenMixerLarge(RankingModel):
         pooling: str = "mean",
         tower_dims: tuple[int, ...] = (64,),
         dropout: float = 0.0,
+        tower_batch_norm: bool = False,
         embedding_norm: bool = True,
         embedding_init_std: float = 1e-4,
         zero_bias_init: bool = False,
@@ -205,12 +206,12 @@ class TokenMixerLarge(RankingModel):
         self.residual_layers = [i for i in range(1, num_layers) if r and i % r == 0]  # 1-indexed, not last
         pooled = pooled_width(pooling, num_tokens, d_model)
         self.aux_towers = nn.ModuleDict(
-            {str(i): Tower(pooled, tower_dims, dropout=dropout) for i in self.residual_layers}
+            {str(i): Tower(pooled, tower_dims, dropout=dropout, batch_norm=tower_batch_norm) for i in self.residual_layers}
             if aux_loss_weight > 0 else {}
         )
         self._aux_logit_weight = float(aux_loss_weight)
         self.final_norm = nn.RMSNorm(d_model)
-        self.tower = Tower(pooled, tower_dims, dropout=dropout)
+        self.tower = Tower(pooled, tower_dims, dropout=dropout, batch_norm=tower_batch_norm)
         self._load: Tensor | None = None
         if zero_bias_init:
             self._zero_biases(self.tokenizer)  # the blocks have no biases

@@ -184,7 +184,7 @@ class UniMixer(RankingModel):
     """Args: embedding_dim, num_tokens (T), d_model (D), num_layers, block_size (B_s | T·D), ffn_ratio,
     tau_start, tau_end, tau_anneal_steps, sinkhorn_iters (None = enough for the smallest τ), symmetric,
     flatten_order, mixing_init_std, pooling ("mean" over tokens [P] | "flatten": the T·D vector [I]), tower_dims,
-    dropout, embedding_norm, embedding_init_std, zero_bias_init (tokenizer and SwiGLU biases; the defaults are
+    dropout, tower_batch_norm (BatchNorm in the tower's hidden layers [I]), embedding_norm, embedding_init_std, zero_bias_init (tokenizer and SwiGLU biases; the defaults are
     the "plain init", no field LayerNorm, which beat the field LayerNorm on 3 seeds of Frappe and of the
     synthetic data: docs/models.md, "embedding_norm"), shared_projection; per-token SP-MoE on the SwiGLU
     (as in TokenMixer-Large): num_experts (1 = dense), top_k, moe_alpha, moe_impl; Lite only: num_basis (b),
@@ -213,6 +213,7 @@ class UniMixer(RankingModel):
         pooling: str = "mean",
         tower_dims: tuple[int, ...] = (64,),
         dropout: float = 0.0,
+        tower_batch_norm: bool = False,
         embedding_norm: bool = False,
         embedding_init_std: float = 0.01,
         zero_bias_init: bool = True,
@@ -256,7 +257,8 @@ class UniMixer(RankingModel):
         self.norms_y = nn.ModuleList(nn.RMSNorm(d_model) for _ in range(num_layers))
         self.norm_out = nn.RMSNorm(d_model)
         self.pooling = pooling
-        self.tower = Tower(pooled_width(pooling, num_tokens, d_model), tower_dims, dropout=dropout)
+        self.tower = Tower(pooled_width(pooling, num_tokens, d_model), tower_dims, dropout=dropout,
+                           batch_norm=tower_batch_norm)
         self.register_buffer("tau_step", torch.tensor(0, dtype=torch.long))
         if zero_bias_init:
             self._zero_biases(self.tokenizer, self.blocks)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from mixrec.models import FeatureLayout, available_models, available_sizes, build_model
+from mixrec.models.layers import Tower
 from mixrec.models.mixing import (
     global_local_mix,
     log_sinkhorn,
@@ -103,6 +104,9 @@ FLOP_CASES = [(name, dict(moe_impl="masked") if name == "rankmixer_moe" else {})
     ("unimixer", dict(block_size=16, flatten_order="channel")),
     ("unimixer", dict(pooling="flatten", tower_dims=(32, 16))),
     ("tokenmixer_large", dict(pooling="flatten", num_layers=3, tower_dims=(32,))),
+    ("unimixer", dict(tower_batch_norm=True, tower_dims=(32, 16))),
+    ("tokenmixer_large", dict(tower_batch_norm=True, inter_residual_every=1)),
+    ("rankmixer", dict(tower_batch_norm=True)),
     ("unimixer_lite", dict(num_tokens=8, d_model=16, block_size=2, rank=4, num_basis=2)),
     ("wukong", dict(num_layers=3, num_fm_embeddings=6, num_lcb_embeddings=2, fm_rank=5, fmb_mlp_dims=(32, 16))),
     ("wukong", dict(num_layers=2, num_fm_embeddings=4, num_lcb_embeddings=3)),  # n_in == n_out later
@@ -124,6 +128,17 @@ def test_analytic_flops_match_flop_counter(name, kwargs):
     analytic = model.flops_per_example()
     assert per_example > 0
     assert abs(analytic - per_example) <= 0.05 * per_example, (analytic, per_example)
+
+
+@pytest.mark.parametrize("name", ["unimixer", "tokenmixer_large", "rankmixer"])
+def test_tower_batch_norm_follows_every_hidden_layer_of_every_tower(name):
+    plain = build_model(name, LAYOUT, tower_dims=(16, 8))
+    normed = build_model(name, LAYOUT, tower_dims=(16, 8), tower_batch_norm=True)
+    towers = [m for m in normed.modules() if isinstance(m, Tower)]
+    assert towers and not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
+    for tower in towers:
+        assert [m.num_features for m in tower.modules() if isinstance(m, torch.nn.BatchNorm1d)] == [16, 8]
+    assert build_model(name, LAYOUT, **normed.config()["kwargs"]).state_dict().keys() == normed.state_dict().keys()
 
 
 # --------------------------------------------------------------------------- deep configs: gradients
