@@ -206,8 +206,8 @@ class TokenMixerLarge(RankingModel):
         self.residual_layers = [i for i in range(1, num_layers) if r and i % r == 0]  # 1-indexed, not last
         pooled = pooled_width(pooling, num_tokens, d_model)
         self.aux_towers = nn.ModuleDict(
-            {str(i): Tower(pooled, tower_dims, dropout=dropout, batch_norm=tower_batch_norm) for i in self.residual_layers}
-            if aux_loss_weight > 0 else {}
+            {str(i): Tower(pooled, tower_dims, dropout=dropout, batch_norm=tower_batch_norm)
+             for i in self.residual_layers} if aux_loss_weight > 0 else {}
         )
         self._aux_logit_weight = float(aux_loss_weight)
         self.final_norm = nn.RMSNorm(d_model)

@@ -184,11 +184,11 @@ class UniMixer(RankingModel):
     """Args: embedding_dim, num_tokens (T), d_model (D), num_layers, block_size (B_s | T·D), ffn_ratio,
     tau_start, tau_end, tau_anneal_steps, sinkhorn_iters (None = enough for the smallest τ), symmetric,
     flatten_order, mixing_init_std, pooling ("mean" over tokens [P] | "flatten": the T·D vector [I]), tower_dims,
-    dropout, tower_batch_norm (BatchNorm in the tower's hidden layers [I]), embedding_norm, embedding_init_std, zero_bias_init (tokenizer and SwiGLU biases; the defaults are
-    the "plain init", no field LayerNorm, which beat the field LayerNorm on 3 seeds of Frappe and of the
-    synthetic data: docs/models.md, "embedding_norm"), shared_projection; per-token SP-MoE on the SwiGLU
-    (as in TokenMixer-Large): num_experts (1 = dense), top_k, moe_alpha, moe_impl; Lite only: num_basis (b),
-    rank (r, None = M/8)."""
+    dropout, tower_batch_norm (BatchNorm in the tower's hidden layers [I]), embedding_norm, embedding_init_std,
+    zero_bias_init (tokenizer and SwiGLU biases; the defaults are the "plain init", no field LayerNorm, which
+    beat the field LayerNorm on 3 seeds of Frappe and of the synthetic data: docs/models.md, "embedding_norm"),
+    shared_projection; per-token SP-MoE on the SwiGLU (as in TokenMixer-Large): num_experts (1 = dense), top_k,
+    moe_alpha, moe_impl; Lite only: num_basis (b), rank (r, None = M/8)."""
 
     name = "unimixer"
     _lite = False
