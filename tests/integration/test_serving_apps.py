@@ -137,7 +137,8 @@ def test_a_new_splitter_takes_traffic_only_once_its_rankers_answer(served, tmp_p
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1})
     class GatedRanker:
-        """Answers ``ready()`` once the gate file exists; ranks by giving every candidate score 0.5."""
+        """Answers ``ready()`` once the gate file exists; ranks by giving every candidate score 0.5, and says in
+        ``model_version`` whether the gate was open when it was asked to rank."""
 
         async def ready(self) -> str:
             asked.touch()
@@ -146,7 +147,8 @@ def test_a_new_splitter_takes_traffic_only_once_its_rankers_answer(served, tmp_p
             return "gated"
 
         async def rank(self, user_id, items, context) -> dict:
-            return {"user_id": user_id, "arm": CHAMPION, "model_name": "gated", "model_version": "gated",
+            version = "gate-open" if gate.exists() else "gate-closed"
+            return {"user_id": user_id, "arm": CHAMPION, "model_name": "gated", "model_version": version,
                     "ranked": [{"item_id": i, "score": 0.5} for i in items]}
 
     cfg = served["cfg"]
@@ -178,16 +180,16 @@ def test_a_new_splitter_takes_traffic_only_once_its_rankers_answer(served, tmp_p
         early: list[httpx.Response] = []
         waiting = threading.Thread(target=lambda: early.append(httpx.post(url, json=BODY, timeout=300)), daemon=True)
         waiting.start()
-        assert not early  # nothing can answer it before the gate opens
         gate.touch()
         deploying.join(300)
         assert not deploying.is_alive() and not errors, errors
         assert serve.status().applications["mixrec-gated"].status == "RUNNING"
         waiting.join(300)
         assert [a.status_code for a in early] == [200], [a.text for a in early]
+        assert early[0].json()["model_version"] == "gate-open"  # it reached the ranker only after the gate opened
         answer = httpx.post(url, json=BODY, timeout=60)
         assert answer.status_code == 200, answer.text
-        assert answer.json()["model_version"] == "gated"
+        assert answer.json()["model_version"] == "gate-open"
         assert [r["item_id"] for r in answer.json()["ranked"]] == BODY["items"]
     finally:
         gate.touch()
