@@ -4,7 +4,8 @@
 FuxiCTR/BARS-style protocol: Adam, BCE (+ the model's auxiliary loss) + L2 on the embedding table
 (``emb_reg / 2 · ‖E‖²``, FuxiCTR's ``embedding_regularizer``), optional decoupled weight decay on the other
 parameters; at the end of each epoch lr × 0.1 when validation AUC did not improve, stop after ``patience``
-epochs without improvement, and test the best-validation weights. Every epoch's train loss and validation
+epochs without improvement, and test the best-validation weights (or, with ``--ema-decay``, the best of their
+exponential moving average, updated after every step). Every epoch's train loss and validation
 AUC/logloss are kept (the curves).
 """
 
@@ -40,6 +41,8 @@ def add_training_args(p: argparse.ArgumentParser, max_epochs: int = 30) -> None:
     p.add_argument("--lr-factor", type=float, default=0.1, help="the lr is multiplied by this at each step")
     p.add_argument("--restore-best-at-step", action="store_true",
                    help="at each lr step, go back to the best-validation weights first")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="validate and test an exponential moving average of the weights (e.g. 0.99 per step)")
     p.add_argument("--override", default="{}", help="JSON dict of model kwargs overriding the preset")
     p.add_argument("--variant", default="", help="a label for this variant in the results (e.g. an ablation arm)")
     p.add_argument("--seed", type=int, default=2021)
@@ -93,6 +96,10 @@ def fit(name: str, model, emb_reg: float, data: dict[str, Split], args) -> dict:
             for table in tables:
                 table.normal_(std=args.emb_init)
     opt = _optimizer(model, tables, args)
+    # The EMA copy is what is validated, kept and tested; the raw weights only train.
+    averaged = None if args.ema_decay is None else torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
+    scored = model if averaged is None else averaged.module
     xtr, dtr, ytr = data["train"]
     n = len(xtr)
     best, best_state, bad, lr = -1.0, None, 0, args.lr
@@ -113,10 +120,16 @@ def fit(name: str, model, emb_reg: float, data: dict[str, Split], args) -> dict:
             if args.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             opt.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
+                # EMA truncates integer buffers (step counters, BatchNorm's count): take them as they are.
+                for kept, live in zip(averaged.module.buffers(), model.buffers(), strict=True):
+                    if not kept.is_floating_point():
+                        kept.copy_(live)
             samples += len(idx)
             loss_sum, batches = loss_sum + bce.item(), batches + 1
         train_time += time.perf_counter() - t0
-        vauc, vll = evaluate(model, data["valid"])
+        vauc, vll = evaluate(scored, data["valid"])
         curves.append({"epoch": epoch + 1, "lr": lr, "train_logloss": loss_sum / batches,
                        "valid_auc": vauc, "valid_logloss": vll})
         extra = model.routing_stats() if getattr(model, "routing_stats", None) else {}
@@ -124,7 +137,7 @@ def fit(name: str, model, emb_reg: float, data: dict[str, Split], args) -> dict:
               f"logloss {vll:.5f} ({train_time:.0f}s) {json.dumps(extra) if extra else ''}", flush=True)
         if vauc > best:
             best, bad = vauc, 0
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.clone() for k, v in scored.state_dict().items()}
         else:
             bad += 1
             if bad >= args.patience:
@@ -137,8 +150,8 @@ def fit(name: str, model, emb_reg: float, data: dict[str, Split], args) -> dict:
             if args.freeze_embeddings_at_step:  # Adam skips parameters without a gradient
                 for table in tables:
                     table.requires_grad_(False)
-    model.load_state_dict(best_state)
-    tauc, tll = evaluate(model, data["test"])
+    scored.load_state_dict(best_state)
+    tauc, tll = evaluate(scored, data["test"])
     print(f"[{name}] TEST AUC {tauc:.5f} logloss {tll:.5f}", flush=True)
     return dict(model=name, variant=args.variant, seed=args.seed, emb_reg=emb_reg,
                 weight_decay=args.weight_decay, params=model.num_parameters(),
