@@ -21,7 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mixrec.pipelines.optim import embedding_l2_penalty, embedding_tables
+from mixrec.models.batch import Batch
+from mixrec.pipelines.optim import (
+    build_weight_average,
+    embedding_l2_penalty,
+    embedding_tables,
+    update_weight_average,
+)
+from mixrec.pipelines.precise_bn import batch_norms, recompute_batch_norm
 
 # A split: (categorical [N, n_id_columns] int64, dense [N, n_dense] float32 or None, label [N] float32)
 Split = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
@@ -97,8 +104,7 @@ def fit(name: str, model, emb_reg: float, data: dict[str, Split], args) -> dict:
                 table.normal_(std=args.emb_init)
     opt = _optimizer(model, tables, args)
     # The EMA copy is what is validated, kept and tested; the raw weights only train.
-    averaged = None if args.ema_decay is None else torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
+    averaged = None if args.ema_decay is None else build_weight_average(model, args.ema_decay)
     scored = model if averaged is None else averaged.module
     xtr, dtr, ytr = data["train"]
     n = len(xtr)
@@ -121,14 +127,16 @@ def fit(name: str, model, emb_reg: float, data: dict[str, Split], args) -> dict:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             opt.step()
             if averaged is not None:
-                averaged.update_parameters(model)
-                # EMA truncates integer buffers (step counters, BatchNorm's count): take them as they are.
-                for kept, live in zip(averaged.module.buffers(), model.buffers(), strict=True):
-                    if not kept.is_floating_point():
-                        kept.copy_(live)
+                update_weight_average(averaged, model)
             samples += len(idx)
             loss_sum, batches = loss_sum + bce.item(), batches + 1
         train_time += time.perf_counter() - t0
+        if averaged is not None and batch_norms(scored):
+            # the averaged BatchNorm statistics do not belong to the averaged weights: recompute them, as the
+            # training pipeline does (precise BN over the epoch's last 16 batches)
+            last = [perm[i:i + args.batch_size] for i in range(max(0, n - 16 * args.batch_size), n, args.batch_size)]
+            recompute_batch_norm(scored, [Batch(xtr[j], xtr.new_zeros((len(j), 0), dtype=torch.float32) if dtr is None
+                                                else dtr[j], ytr[j]) for j in last])
         vauc, vll = evaluate(scored, data["valid"])
         curves.append({"epoch": epoch + 1, "lr": lr, "train_logloss": loss_sum / batches,
                        "valid_auc": vauc, "valid_logloss": vll})

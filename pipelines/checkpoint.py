@@ -24,6 +24,7 @@ MODEL_SPEC = "model.json"
 MODEL_FILES = (WEIGHTS, MODEL_SPEC, ARTIFACT_NAME)  # what a registered model needs (no training state)
 TRAINING_STATE = "optimizer.pt"
 PROGRESS = "progress.json"
+LIVE_WEIGHTS, AVERAGE_COUNT = "live_weights", "average_count"  # training state keys with train.ema_decay
 
 
 def _torch_save(obj, path: Path) -> None:
@@ -58,21 +59,37 @@ def load_checkpoint(directory: Path) -> tuple[RankingModel, Preprocessor, dict]:
 
 
 # --- training state -------------------------------------------------------------------------------------
-def save_training_state(directory: Path, optimizers: dict, schedulers: dict, progress: dict) -> None:
+def save_training_state(directory: Path, optimizers: dict, schedulers: dict, progress: dict,
+                        averaged=None, live_model: RankingModel | None = None) -> None:
     """Beside the model files: every optimizer and scheduler (``<name>``, ``<name>_scheduler``) and the
-    position training resumes from (``progress``)."""
+    position training resumes from (``progress``). With a moving average of the weights (``averaged``, whose
+    copy the model files hold), also the trained weights of ``live_model`` and the average's step count."""
     directory = Path(directory)
-    _torch_save({**{name: opt.state_dict() for name, opt in optimizers.items()},
-                 **{f"{name}_scheduler": sch.state_dict() for name, sch in schedulers.items()}},
-                directory / TRAINING_STATE)
+    states = {**{name: opt.state_dict() for name, opt in optimizers.items()},
+              **{f"{name}_scheduler": sch.state_dict() for name, sch in schedulers.items()}}
+    if averaged is not None:
+        states[LIVE_WEIGHTS] = live_model.state_dict()
+        states[AVERAGE_COUNT] = averaged.n_averaged
+    _torch_save(states, directory / TRAINING_STATE)
     write_json_atomic(progress, directory / PROGRESS, indent=None)
 
 
-def restore_training_state(directory: Path, model: RankingModel, optimizers: dict, schedulers: dict) -> dict:
-    """Load the weights, optimizers and schedulers of a training checkpoint in place; returns its progress."""
+def restore_training_state(directory: Path, model: RankingModel, optimizers: dict, schedulers: dict,
+                           averaged=None) -> dict:
+    """Load the weights, optimizers and schedulers of a training checkpoint in place (with ``averaged``: the
+    model files into the average, the trained weights into ``model``); returns its progress."""
     directory = Path(directory)
-    model.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
+    weights = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
     states = torch.load(directory / TRAINING_STATE, map_location="cpu", weights_only=True)
+    if averaged is None:
+        model.load_state_dict(weights)
+    else:
+        if LIVE_WEIGHTS not in states:
+            raise ValueError(f"{directory} was written without a moving average of the weights (train.ema_decay "
+                             "unset): resume it with the same setting")
+        averaged.module.load_state_dict(weights)
+        averaged.n_averaged.copy_(states[AVERAGE_COUNT])
+        model.load_state_dict(states[LIVE_WEIGHTS])
     for name, opt in optimizers.items():
         opt.load_state_dict(states[name])
         schedulers[name].load_state_dict(states[f"{name}_scheduler"])

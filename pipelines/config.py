@@ -125,6 +125,10 @@ class TrainConfig(_Section):
                                     "running statistics on the current weights, dropout off, over the epoch's last "
                                     "N training batches per worker (eval mode is calibrated again); 0: keep the "
                                     "moving averages of training")
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0, description="validate, checkpoint and register an "
+                                    "exponential moving average of the weights, updated after every step with "
+                                    "this decay (e.g. 0.995: a horizon of ~200 steps); null: the weights as "
+                                    "trained")
     optimizer: Literal["adam", "adagrad", "rmsprop", "sgd"] = "adam"
     embedding_optimizer: Literal["adam", "adagrad", "rmsprop", "sgd"] | None = Field(
         None, description="optimizer of the embedding table (default: `optimizer`), e.g. adagrad as the papers do")

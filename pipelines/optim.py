@@ -47,3 +47,21 @@ def build_warmup_schedulers(optimizers: dict[str, torch.optim.Optimizer], warmup
     warmup = max(1, warmup_steps)
     return {name: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
             for name, opt in optimizers.items()}
+
+
+def build_weight_average(model, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s weights (torch's ``AveragedModel``; its ``.module`` is the
+    averaged copy): ``avg ← decay · avg + (1 − decay) · weights`` after every step, floating buffers too
+    (BatchNorm statistics), integer buffers (step counters) copied as they are. Update it with
+    :func:`update_weight_average`."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def update_weight_average(averaged: torch.optim.swa_utils.AveragedModel, model) -> None:
+    averaged.update_parameters(model)
+    # torch's EMA rounds integer buffers toward their first value (a step counter would stop): copy them
+    for kept, live in zip(averaged.module.buffers(), model.buffers(), strict=True):
+        if not kept.is_floating_point():
+            kept.copy_(live)

@@ -31,7 +31,14 @@ from mixrec.models.batch import COLUMN_DTYPES, Batch
 from .checkpoint import read_progress, restore_training_state, save_checkpoint, save_training_state
 from .config import TrainConfig
 from .metrics import binary_metrics, predict, user_auc
-from .optim import build_optimizers, build_warmup_schedulers, embedding_l2_penalty, embedding_tables
+from .optim import (
+    build_optimizers,
+    build_warmup_schedulers,
+    build_weight_average,
+    embedding_l2_penalty,
+    embedding_tables,
+    update_weight_average,
+)
 from .precise_bn import batch_norms, recompute_batch_norm
 from .preprocess import Preprocessor
 from .runtime import check_train_fits
@@ -90,11 +97,17 @@ class TrainWorker:
         self.model = build_model(cfg["model_name"], FeatureLayout(**cfg["layout"]), **cfg["model_kwargs"])
         self.optimizers = build_optimizers(self.model, cfg)
         self.schedulers = build_warmup_schedulers(self.optimizers, cfg["warmup_steps"])
+        # With ema_decay, the moving average of the weights is what is validated, checkpointed and served;
+        # self.model holds the weights the optimizers train.
+        self.averaged = build_weight_average(self.model, cfg["ema_decay"]) if cfg.get("ema_decay") else None
+        self.scored = self.averaged.module if self.averaged is not None else self.model
         # Position: `start_epoch` with `skip_steps` batches of it done (0: the epoch starts from its beginning).
         self.start_epoch, self.skip_steps = 0, 0
         self.early_stopping = EarlyStopping(cfg["early_stopping_patience"])
         self._restore(ray.train.get_checkpoint())
         self.ddp_model = ray.train.torch.prepare_model(self.model)  # self.model stays unwrapped: eval, saving
+        if self.averaged is not None:
+            self.averaged.to(next(self.model.parameters()).device)
         self.forward = torch.compile(self.ddp_model) if cfg["compile"] else self.ddp_model
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
         # embedding L2 (FuxiCTR's embedding_regularizer): every worker adds it to its loss and DDP averages the
@@ -108,7 +121,7 @@ class TrainWorker:
         self.nodes = self._all_gather(ray.get_runtime_context().get_node_id())
         # the epoch's last training batches, kept for the BatchNorm statistics (none without BatchNorm)
         self.recent_batches: deque[Batch] = deque(maxlen=cfg.get("precise_bn_batches", 0)
-                                                  if batch_norms(self.model) else 0)
+                                                  if batch_norms(self.scored) else 0)
 
     # --- build / restore -----------------------------------------------------------------------------------
     def _restore(self, checkpoint) -> None:
@@ -116,7 +129,7 @@ class TrainWorker:
         if not checkpoint:
             return
         with checkpoint.as_directory() as d:
-            progress = restore_training_state(Path(d), self.model, self.optimizers, self.schedulers)
+            progress = restore_training_state(Path(d), self.model, self.optimizers, self.schedulers, self.averaged)
         self.start_epoch, self.skip_steps = progress["next_epoch"], progress["next_step"]
         self.early_stopping.best_auc = progress["best_auc"]
         self.early_stopping.stale_epochs = progress["stale_epochs"]
@@ -133,10 +146,10 @@ class TrainWorker:
     def fit(self) -> None:
         for epoch in range(self.start_epoch, self.cfg["epochs"]):
             stats = self.train_epoch(epoch)
-            # BatchNorm statistics of the epoch's final weights, dropout off: what evaluation and the
-            # checkpoint use (pipelines/precise_bn.py); not counted in the epoch's training time
+            # BatchNorm statistics of the epoch's final (or averaged) weights, dropout off: what evaluation and
+            # the checkpoint use (pipelines/precise_bn.py); not counted in the epoch's training time
             if self.recent_batches.maxlen:
-                recompute_batch_norm(self.model, self.recent_batches, distributed=self.distributed)
+                recompute_batch_norm(self.scored, self.recent_batches, distributed=self.distributed)
                 self.recent_batches.clear()
             workers = self._all_gather((stats.samples, stats.seconds))
             stats.global_samples_per_s = sum(n for n, _ in workers) / max(max(s for _, s in workers), 1e-9)
@@ -194,6 +207,8 @@ class TrainWorker:
             opt.step()
         for scheduler in self.schedulers.values():
             scheduler.step()
+        if self.averaged is not None:
+            update_weight_average(self.averaged, self.model)
         return float(loss.detach())
 
     def validate(self) -> dict[str, float]:
@@ -201,18 +216,18 @@ class TrainWorker:
         (``rows``: how many; ``uauc`` with a user column). A dual-router MoE (DTSI, ``eval_router``) is scored
         with its inference router (the metrics) and its train router too: ``auc_{infer,train}_router``."""
         valid = self._score()
-        if hasattr(self.model, "eval_router"):
+        if hasattr(self.scored, "eval_router"):
             valid["auc_infer_router"] = valid["auc"]
-            self.model.eval_router = "train"
+            self.scored.eval_router = "train"
             try:
                 valid["auc_train_router"] = self._score()["auc"]
             finally:
-                self.model.eval_router = "infer"
+                self.scored.eval_router = "infer"
         return valid
 
     def _score(self) -> dict[str, float]:
         user_column = self.cfg["user_column"]
-        scored = predict(self.model, self.valid_shard, self.cfg["batch_size"] * 4, user_column)
+        scored = predict(self.scored, self.valid_shard, self.cfg["batch_size"] * 4, user_column)
         gathered = self._all_gather(scored)
         labels, probs, users = (np.concatenate([g[i] for g in gathered]) for i in range(3))
         valid = binary_metrics(labels, probs)
@@ -246,10 +261,11 @@ class TrainWorker:
                 if key not in UNLOGGED_METRICS:
                     self.mlflow.log_metric(self.cfg["mlflow_run_id"], key, float(value), step=metrics["epoch"])
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(Path(tmp), self.model, self.preprocessor)
+            save_checkpoint(Path(tmp), self.scored, self.preprocessor)
             save_training_state(Path(tmp), self.optimizers, self.schedulers, {
                 "next_epoch": next_epoch, "next_step": next_step, "metrics": metrics,
-                "best_auc": self.early_stopping.best_auc, "stale_epochs": self.early_stopping.stale_epochs})
+                "best_auc": self.early_stopping.best_auc, "stale_epochs": self.early_stopping.stale_epochs},
+                averaged=self.averaged, live_model=self.model)
             if self.mlflow and epoch_end and self.cfg["log_checkpoints"] == "every_epoch":
                 self.mlflow.log_artifacts(self.cfg["mlflow_run_id"], tmp, f"checkpoints/epoch-{next_epoch - 1:03d}")
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -318,7 +334,7 @@ def train(train_ds, valid_ds, preprocessor: Preprocessor, model_name: str, model
         "preprocessor": preprocessor.to_json(), "epochs": cfg.epochs, "batch_size": cfg.worker_batch_size,
         "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "embedding_l2": cfg.embedding_l2,
         "max_grad_norm": cfg.max_grad_norm, "shuffle_buffer_batches": cfg.shuffle_buffer_batches,
-        "precise_bn_batches": cfg.precise_bn_batches,
+        "precise_bn_batches": cfg.precise_bn_batches, "ema_decay": cfg.ema_decay,
         "seed": cfg.seed,
         "torch_threads": cfg.worker_threads, "tracking_uri": tracking_uri,
         "optimizer": cfg.optimizer, "embedding_optimizer": cfg.embedding_optimizer,

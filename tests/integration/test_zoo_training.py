@@ -53,3 +53,23 @@ def test_batch_norm_statistics_are_recomputed_at_each_epoch_end(prepared, tmp_pa
     tracked = {k: int(v) for k, v in state.items() if k.endswith("num_batches_tracked")}
     assert outcome.metrics["step"] > 3  # rank 0's batches per epoch: the moving averages would count them all
     assert len(tracked) == 2 and set(tracked.values()) == {3}
+
+
+def test_with_ema_decay_the_checkpoint_is_the_validated_moving_average(prepared, tmp_path):
+    """train.ema_decay through Ray Train DDP: the checkpoint holds the moving average of the weights (with its
+    BatchNorm statistics recomputed), scoring it again gives the validation AUC that was reported, and the
+    trained weights it resumes from are kept beside it."""
+    from mixrec.pipelines.metrics import binary_metrics, predict
+
+    pre, data = prepared
+    cfg = TrainConfig(num_workers=2, epochs=2, batch_size=256, ema_decay=0.9, precise_bn_batches=3)
+    kwargs = {"num_cross_layers": 2, "dnn_dims": (32, 32), "batch_norm": True, "dropout": 0.2}
+    outcome = train(data["train"], data["valid"], pre, "dcnv2", kwargs, cfg, tmp_path, run_name="ema")
+    model, _, _ = load_checkpoint(outcome.checkpoint_dir)
+    labels, probs, _ = predict(model, data["valid"], batch_size=512)
+    assert len(labels) == outcome.metrics["valid_rows"]
+    assert binary_metrics(labels, probs)["auc"] == pytest.approx(outcome.metrics["valid_auc"], abs=1e-6)
+    live = torch.load(outcome.checkpoint_dir / "optimizer.pt")["live_weights"]
+    averaged = model.state_dict()
+    assert live.keys() == averaged.keys()
+    assert not torch.equal(live["embedding.table.weight"], averaged["embedding.table.weight"])

@@ -47,3 +47,25 @@ def test_embedding_l2_penalty_is_fuxictr_embedding_regularizer_on_the_table_only
     penalty.backward()
     assert torch.allclose(table.grad, 0.05 * table.detach())
     assert all(p.grad is None for p in model.parameters() if p is not table)
+
+
+def test_weight_average_is_the_exponential_moving_average_and_keeps_step_counters():
+    """avg_k = d·avg_{k-1} + (1−d)·w_k from the first weights; UniMixer's integer temperature step is the live
+    one (torch's EMA alone would round it back to its first value)."""
+    import torch
+
+    from mixrec.pipelines.optim import build_weight_average, update_weight_average
+
+    model = build_model("unimixer", FeatureLayout(cardinalities=(5, 7), n_dense=1), tau_anneal_steps=10)
+    averaged = build_weight_average(model, decay=0.8)
+    param = next(p for name, p in model.named_parameters() if name.endswith("embedding.table.weight"))
+    expected = None
+    for step in range(4):
+        with torch.no_grad():
+            param.add_(1.0)
+            model.tau_step += 1
+        update_weight_average(averaged, model)
+        expected = param.detach().clone() if expected is None else 0.8 * expected + 0.2 * param.detach()
+        assert int(averaged.module.tau_step) == int(model.tau_step) == step + 1
+    kept = dict(averaged.module.named_parameters())["embedding.table.weight"]
+    assert torch.allclose(kept, expected) and not torch.allclose(kept, param)
