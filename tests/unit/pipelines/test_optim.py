@@ -69,3 +69,16 @@ def test_weight_average_is_the_exponential_moving_average_and_keeps_step_counter
         assert int(averaged.module.tau_step) == int(model.tau_step) == step + 1
     kept = dict(averaged.module.named_parameters())["embedding.table.weight"]
     assert torch.allclose(kept, expected) and not torch.allclose(kept, param)
+
+
+def test_a_weight_average_of_a_batch_norm_model_without_recomputed_statistics_is_refused(tmp_path):
+    """Refused on the driver, before Ray is asked for anything: the average needs precise BN statistics."""
+    from mixrec.pipelines.config import TrainConfig
+    from mixrec.pipelines.preprocess import DenseStats, Preprocessor
+    from mixrec.pipelines.train import train
+
+    pre = Preprocessor(categorical=["u", "i"], dense=["p"], vocabularies={"u": [3, 9], "i": ["a", "b"]},
+                       dense_stats={"p": DenseStats(0.0, 1.0, False)}, clip_sigma=3.0, label="y")
+    cfg = TrainConfig(ema_decay=0.995, precise_bn_batches=0)
+    with pytest.raises(ValueError, match="precise_bn_batches > 0 for dcnv2"):
+        train(None, None, pre, "dcnv2", {"batch_norm": True}, cfg, tmp_path, run_name="ema-no-bn")
